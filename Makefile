@@ -1,0 +1,35 @@
+# Every install step lives here: a fresh clone needs only `make demo` or `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# The first interpreter >= 3.12 found (mitmproxy 12 needs it); pyenv versions included.
+PYTHON_BASE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 $$HOME/.pyenv/versions/3.12*/bin/python3 python3; do \
+  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+.PHONY: venv demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON_BASE)" ]; then echo "capgate needs Python >= 3.12 (mitmproxy 12); none found on PATH or under ~/.pyenv" >&2; exit 2; fi
+	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m tests.bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check caps broker proxy tests examples
+	$(VENV)/bin/ruff format --check caps broker proxy tests examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Placeholder until the proxy lands: validates the example caps.yaml."""
