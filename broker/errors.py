@@ -6,7 +6,18 @@ ARCHITECTURE.md assigns to it: 2 for bad input, 1 for a conflict with stored sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .providers import FieldError
+
+__all__ = [
+    "CapgateError",
+    "Conflict",
+    "FieldError",
+    "InvalidInput",
+    "KeyFileError",
+    "NotFound",
+    "NotInitialized",
+    "VaultError",
+]
 
 
 class CapgateError(Exception):
@@ -33,17 +44,6 @@ class NotFound(CapgateError):
 
 class Conflict(CapgateError):
     """The request contradicts stored state (already exists, override rule, stale value)."""
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One invalid input field: which field and what was expected."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 class InvalidInput(CapgateError):

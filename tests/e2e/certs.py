@@ -26,6 +26,8 @@ SERVER_IPS = ("127.0.0.1", "::1")
 
 @dataclass(frozen=True)
 class TestPki:
+    __test__ = False
+
     ca_pem: Path
     server_cert_pem: Path
     server_key_pem: Path

@@ -1,0 +1,187 @@
+"""policy_decision rows: a batching writer for the proxy, a reader for `capgate decisions`.
+
+`DecisionWriter.record()` only appends to an in-memory queue; a background thread with its
+own SQLite connection writes batches (every FLUSH_INTERVAL_S or FLUSH_ROWS rows, and on
+`close()`), so the request path never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .store import ControlStore, connect, immediate
+from .types import PolicyDecision
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 0.2
+FLUSH_ROWS = 500
+MAX_QUEUED = 100_000
+_STOP = object()
+
+
+class DecisionWriter:
+    """Batches PolicyDecision rows into control.db off the hot path. Thread-safe."""
+
+    def __init__(self, control_db: Path) -> None:
+        self._path = control_db
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued = 0  # rows queued and not yet written; guarded by _count_lock
+        self._count_lock = threading.Lock()
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="capgate-decisions", daemon=True)
+        self._thread.start()
+
+    def record(self, decision: PolicyDecision) -> None:
+        """Queue one row; never blocks. Rows beyond MAX_QUEUED are counted and dropped."""
+        with self._count_lock:
+            if self._queued >= MAX_QUEUED:
+                self.dropped += 1
+                return
+            self._queued += 1
+        self._queue.put(decision)
+
+    def close(self) -> None:
+        """Write every queued row and stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        conn = connect(self._path)
+        try:
+            stopping = False
+            while not stopping:
+                batch, stopping = self._next_batch()
+                if batch:
+                    self._write(conn, batch)
+        finally:
+            conn.close()
+
+    def _next_batch(self) -> tuple[list[PolicyDecision], bool]:
+        batch: list[PolicyDecision] = []
+        deadline = time.monotonic() + FLUSH_INTERVAL_S
+        while len(batch) < FLUSH_ROWS:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _write(self, conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
+        try:
+            with immediate(conn):
+                conn.executemany(_INSERT, [_params(d) for d in batch])
+        except sqlite3.Error as exc:
+            log.error("could not write %d policy decisions: %s", len(batch), exc)
+        finally:
+            with self._count_lock:
+                self._queued -= len(batch)
+
+
+_COLUMNS = (
+    "at, org_id, workspace_id, capability, decision, reason, method, scheme, host, port, path,"
+    " transforms_applied, transforms_failed, auth_failures, upstream_status, duration_ms"
+)
+_INSERT = f"INSERT INTO policy_decisions ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+
+
+def _params(d: PolicyDecision) -> tuple:
+    return (
+        d.at,
+        d.org_id,
+        d.workspace_id,
+        d.capability,
+        str(d.decision),
+        d.reason,
+        d.method,
+        d.scheme,
+        d.host,
+        d.port,
+        d.path,
+        json.dumps(list(d.transforms_applied)),
+        json.dumps(dict(d.transforms_failed), sort_keys=True),
+        json.dumps(dict(d.auth_failures), sort_keys=True),
+        d.upstream_status,
+        d.duration_ms,
+    )
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """A policy_decision row as read back: its row id and the decision."""
+
+    id: int
+    decision: PolicyDecision
+
+    def to_json(self) -> dict:
+        d = self.decision
+        return {
+            "id": self.id,
+            **{k: getattr(d, k) for k in d.__dataclass_fields__},
+            "transforms_applied": list(d.transforms_applied),
+            "transforms_failed": dict(d.transforms_failed),
+            "auth_failures": dict(d.auth_failures),
+        }
+
+
+def list_decisions(
+    store: ControlStore,
+    org_id: str | None,
+    *,
+    workspace_id: str | None = None,
+    since_id: int | None = None,
+    limit: int | None = None,
+) -> list[StoredDecision]:
+    """Rows oldest first; `org_id` None means rows of no org (failed proxy auth) too.
+
+    With `limit`, the newest `limit` rows after `since_id` (for `--follow`, pass the last
+    id seen as `since_id` and no limit).
+    """
+    where, params = ["1 = 1"], []
+    if org_id is not None:
+        where.append("org_id = ?")
+        params.append(org_id)
+    if workspace_id is not None:
+        where.append("workspace_id = ?")
+        params.append(workspace_id)
+    if since_id is not None:
+        where.append("id > ?")
+        params.append(since_id)
+    sql = f"SELECT * FROM policy_decisions WHERE {' AND '.join(where)} ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_stored(r) for r in reversed(store.query(sql, tuple(params)))]
+
+
+def _stored(row: sqlite3.Row) -> StoredDecision:
+    decision = PolicyDecision(
+        at=row["at"],
+        org_id=row["org_id"],
+        workspace_id=row["workspace_id"],
+        capability=row["capability"],
+        decision=row["decision"],
+        reason=row["reason"],
+        method=row["method"],
+        scheme=row["scheme"],
+        host=row["host"],
+        port=row["port"],
+        path=row["path"],
+        transforms_applied=tuple(json.loads(row["transforms_applied"] or "[]")),
+        transforms_failed=json.loads(row["transforms_failed"] or "{}"),
+        auth_failures=json.loads(row["auth_failures"] or "{}"),
+        upstream_status=row["upstream_status"],
+        duration_ms=row["duration_ms"],
+    )
+    return StoredDecision(row["id"], decision)

@@ -1,0 +1,331 @@
+"""One small minter per credential kind: from a stored value to a WireCredential.
+
+Static kinds (api_key, basic_auth, query_api_key) render the durable value into the
+provider's wire shape. OAuth kinds obtain an access token from the provider's token
+endpoint (`token()`), which `bearer_wire` then renders. Providers are data
+(providers.py); nothing here branches on a provider slug.
+
+Minters reach the stores only through `DurableValues`, a blocking port the broker
+implements; OAuth minters call it from worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from .oauth import (
+    JWT_BEARER_GRANT,
+    UNPARSEABLE,
+    Endpoints,
+    MintError,
+    ServiceAccount,
+    TokenGrant,
+    request_token,
+    sign_assertion,
+)
+from .providers import PROVIDERS, Kind, Provider, oauth_urls, wire_username
+from .secretvalue import SecretValue
+from .types import LeakPattern, ResolvedCredential, WireCredential, leak_patterns
+
+log = logging.getLogger("capgate.broker.minting")
+
+
+@dataclass(frozen=True)
+class Durable:
+    """A credential's current durable value and the vault ref it was read from."""
+
+    ref: str
+    value: SecretValue
+
+
+class DurableValues(Protocol):
+    """Blocking access to the durable values behind credentials (implemented by the broker)."""
+
+    def lock(self, cred: ResolvedCredential) -> AbstractContextManager[None]:
+        """An exclusive cross-process lock on one credential."""
+        ...
+
+    def read(self, cred: ResolvedCredential) -> Durable:
+        """The current durable value, read from the stores now (never from a cache)."""
+        ...
+
+    def client_secret(self, cred: ResolvedCredential) -> SecretValue | None:
+        """The separately stored client secret of an authorization-code credential."""
+        ...
+
+    def replace(self, cred: ResolvedCredential, old_ref: str, value: SecretValue) -> bool:
+        """Store `value` as the durable value iff it is still `old_ref`; False if it moved."""
+        ...
+
+    def report(self, cred: ResolvedCredential, error: MintError | None) -> None:
+        """Record a mint's outcome (last_minted_*; a terminal error flips the status)."""
+        ...
+
+
+@dataclass(frozen=True)
+class MintEnv:
+    """What OAuth minters need from the broker: HTTP client, endpoints, durable values."""
+
+    http: httpx.AsyncClient
+    endpoints: Endpoints
+    values: DurableValues
+
+
+def label(cred: ResolvedCredential) -> str:
+    return f"credential:{cred.name}"
+
+
+def _companions(
+    provider: Provider, config: Mapping[str, str]
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """Companion headers and params: fixed ones, overridden or extended by provider_config."""
+    headers = {name.lower(): (name, value) for name, value in provider.companion_headers}
+    for key, name in provider.config_headers:
+        if config.get(key):
+            headers[name.lower()] = (name, config[key])
+    query = [(param, config[key]) for key, param in provider.config_query if config.get(key)]
+    return tuple(headers.values()), tuple(query)
+
+
+def _render(provider: Provider, value: SecretValue, basic: str = "") -> SecretValue:
+    return SecretValue(provider.value_format.format(v=value.reveal(), basic=basic))
+
+
+class ApiKeyMinter:
+    """`api_key`: the key in the provider's header and format, plus companion headers."""
+
+    oauth = False
+
+    def wire(
+        self, provider: Provider, cred: ResolvedCredential, value: SecretValue
+    ) -> WireCredential:
+        headers, query = _companions(provider, cred.provider_config)
+        assert provider.header is not None
+        return WireCredential(
+            headers=((provider.header, _render(provider, value)),),
+            companion_headers=headers,
+            companion_query=query,
+            scrub=leak_patterns(label(cred), value),
+        )
+
+
+class BasicAuthMinter:
+    """`basic_auth`: `Basic base64(username:token)`, username from config or the default."""
+
+    oauth = False
+
+    def wire(
+        self, provider: Provider, cred: ResolvedCredential, value: SecretValue
+    ) -> WireCredential:
+        user = wire_username(provider, cred.provider_config)
+        pair = f"{user}:{value.reveal()}".encode()
+        encoded = base64.b64encode(pair).decode("ascii")
+        headers, query = _companions(provider, cred.provider_config)
+        assert provider.header is not None
+        scrub = (*leak_patterns(label(cred), value), LeakPattern(label(cred), encoded.encode()))
+        return WireCredential(
+            headers=((provider.header, _render(provider, value, basic=encoded)),),
+            companion_headers=headers,
+            companion_query=query,
+            scrub=scrub,
+        )
+
+
+class QueryApiKeyMinter:
+    """`query_api_key`: the key in the provider's query parameter, plus companion params."""
+
+    oauth = False
+
+    def wire(
+        self, provider: Provider, cred: ResolvedCredential, value: SecretValue
+    ) -> WireCredential:
+        headers, query = _companions(provider, cred.provider_config)
+        assert provider.query_param is not None
+        return WireCredential(
+            query=((provider.query_param, _render(provider, value)),),
+            companion_headers=headers,
+            companion_query=query,
+            scrub=leak_patterns(label(cred), value),
+        )
+
+
+def bearer_wire(provider: Provider, cred: ResolvedCredential, token: SecretValue) -> WireCredential:
+    """A minted access token in the provider's header (Authorization: Bearer ...)."""
+    assert provider.header is not None
+    return WireCredential(
+        headers=((provider.header, _render(provider, token)),),
+        scrub=leak_patterns(label(cred), token),
+        oauth=True,
+    )
+
+
+async def _read(env: MintEnv, cred: ResolvedCredential) -> Durable:
+    return await asyncio.to_thread(env.values.read, cred)
+
+
+class ClientCredentialsMinter:
+    """`oauth2_client_credentials`: client id (config) + client secret (durable value)."""
+
+    oauth = True
+
+    async def token(self, provider: Provider, cred: ResolvedCredential, env: MintEnv) -> TokenGrant:
+        durable = await _read(env, cred)
+        config = cred.provider_config
+        scope = " ".join(cred.scopes) or oauth_urls(provider, config).default_scope
+        form: dict[str, str | SecretValue] = {
+            "grant_type": "client_credentials",
+            "client_id": config.get("client_id", ""),
+            "client_secret": durable.value,
+        }
+        if scope:
+            form["scope"] = scope
+        return await request_token(env.http, env.endpoints.token_url(provider, config), form)
+
+
+class AuthorizationCodeMinter:
+    """`oauth2_authorization_code`: the refresh_token grant, safe under rotation.
+
+    Runs under the credential's cross-process lock (`mint_token`): re-read the refresh
+    token (another process may have just rotated it), refresh, and store a rotated refresh
+    token conditionally before the access token is handed out. A server that returns no
+    refresh token leaves the stored one in place.
+    """
+
+    oauth = True
+
+    async def token(self, provider: Provider, cred: ResolvedCredential, env: MintEnv) -> TokenGrant:
+        config = cred.provider_config
+        durable = await _read(env, cred)  # under the lock: the newest refresh token
+        secret = await asyncio.to_thread(env.values.client_secret, cred)
+        form: dict[str, str | SecretValue] = {
+            "grant_type": "refresh_token",
+            "refresh_token": durable.value,
+            "client_id": config.get("client_id", ""),
+        }
+        if secret is not None:
+            form["client_secret"] = secret
+        if cred.scopes:
+            form["scope"] = " ".join(cred.scopes)
+        grant = await request_token(env.http, env.endpoints.token_url(provider, config), form)
+        rotated = grant.refresh_token
+        if rotated is not None and rotated != durable.value:
+            try:
+                stored = await asyncio.to_thread(env.values.replace, cred, durable.ref, rotated)
+            except Exception as exc:  # the new refresh token is lost: do not pretend
+                log.error(
+                    "could not store the rotated refresh token of credential %s (%s)",
+                    cred.name,
+                    type(exc).__name__,
+                )
+                raise MintError("store_error", terminal=False) from None
+            if not stored:
+                log.warning(
+                    "credential %s changed while refreshing; kept the newer refresh token",
+                    cred.name,
+                )
+        return grant
+
+
+class JwtBearerMinter:
+    """`oauth2_jwt_bearer[_with_subject]`: an RS256 assertion from the service-account key."""
+
+    oauth = True
+
+    def __init__(self, *, with_subject: bool) -> None:
+        self.with_subject = with_subject
+
+    async def token(self, provider: Provider, cred: ResolvedCredential, env: MintEnv) -> TokenGrant:
+        durable = await _read(env, cred)
+        account = ServiceAccount.parse(durable.value)
+        subject = cred.provider_config.get("subject") if self.with_subject else None
+        if self.with_subject and not subject:
+            raise MintError(UNPARSEABLE, terminal=True)
+        url = env.endpoints.token_url(provider, cred.provider_config)
+        assertion = sign_assertion(account, url, cred.scopes, subject=subject)
+        form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+        return await request_token(env.http, url, form)
+
+
+StaticMinter = ApiKeyMinter | BasicAuthMinter | QueryApiKeyMinter
+OAuthMinter = ClientCredentialsMinter | AuthorizationCodeMinter | JwtBearerMinter
+
+MINTERS: Mapping[Kind, StaticMinter | OAuthMinter] = {
+    Kind.API_KEY: ApiKeyMinter(),
+    Kind.BASIC_AUTH: BasicAuthMinter(),
+    Kind.QUERY_API_KEY: QueryApiKeyMinter(),
+    Kind.OAUTH2_CLIENT_CREDENTIALS: ClientCredentialsMinter(),
+    Kind.OAUTH2_AUTHORIZATION_CODE: AuthorizationCodeMinter(),
+    Kind.OAUTH2_JWT_BEARER: JwtBearerMinter(with_subject=False),
+    Kind.OAUTH2_JWT_BEARER_WITH_SUBJECT: JwtBearerMinter(with_subject=True),
+}
+
+
+def minter_for(cred: ResolvedCredential) -> tuple[Provider, StaticMinter | OAuthMinter]:
+    """The provider row and minter of a credential; MintError if the row is not legal."""
+    provider = PROVIDERS.get(cred.provider)
+    try:
+        kind = Kind(cred.kind)
+    except ValueError:
+        raise MintError("illegal_credential", terminal=True) from None
+    if provider is None or kind not in provider.kinds:
+        raise MintError("illegal_credential", terminal=True)
+    return provider, MINTERS[kind]
+
+
+async def mint_token(
+    provider: Provider, minter: OAuthMinter, cred: ResolvedCredential, env: MintEnv
+) -> TokenGrant:
+    """Mint under the credential's cross-process lock and report the outcome.
+
+    The outcome is recorded before the lock is released, so a concurrent `cred connect`
+    (which takes the same lock) can never be undone by a stale failure. Never raises
+    anything but MintError.
+    """
+    async with hold(env.values.lock(cred)):
+        try:
+            grant = await minter.token(provider, cred, env)
+        except MintError as exc:
+            await asyncio.to_thread(env.values.report, cred, exc)
+            raise
+        except Exception as exc:
+            log.error("minting credential %s failed: %s", cred.name, type(exc).__name__)
+            error = MintError("internal_error", terminal=False)
+            await asyncio.to_thread(env.values.report, cred, error)
+            raise error from None
+        await asyncio.to_thread(env.values.report, cred, None)
+        return grant
+
+
+@asynccontextmanager
+async def hold(lock: AbstractContextManager[None]) -> AsyncIterator[None]:
+    """Hold a blocking lock from async code, acquiring it in a worker thread.
+
+    If the waiting task is cancelled, the lock is released as soon as the thread gets it,
+    so a cancelled request can never leave a credential locked.
+    """
+    acquiring = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
+    try:
+        await asyncio.shield(acquiring)
+    except asyncio.CancelledError:
+        acquiring.add_done_callback(_releaser(lock))
+        raise
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _releaser(lock: AbstractContextManager[None]) -> Callable[[asyncio.Future], None]:
+    def release(fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            lock.__exit__(None, None, None)
+
+    return release

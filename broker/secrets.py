@@ -1,0 +1,123 @@
+"""Secrets: opaque named values, unique per (org, name), never updated in place.
+
+Rotation is delete then set under the same name; `set` on an existing name is a
+Conflict that says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from . import audit, changes, vault
+from .errors import Conflict, FieldError, InvalidInput, NotFound
+from .home import now_iso
+from .secretvalue import SecretValue
+from .store import ControlStore, check_name, new_id
+from .vault import Vault
+
+
+@dataclass(frozen=True)
+class SecretRow:
+    id: str
+    org_id: str
+    name: str
+    durable_ref: str
+    created_at: str
+    updated_at: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Secrets:
+    """Secret rows of every org in one home, with their vault entries."""
+
+    def __init__(self, store: ControlStore, vault_: Vault) -> None:
+        self._store = store
+        self._vault = vault_
+
+    def set(self, org_id: str, name: str, value: SecretValue, *, actor=None) -> SecretRow:
+        """Store a new secret; InvalidInput for an empty value, Conflict when it exists."""
+        check_name("name", name)
+        if not value.reveal():
+            raise InvalidInput(
+                [FieldError("value", "empty; pipe the value on stdin or pass --from-file FILE")]
+            )
+        self._refuse_existing(org_id, name)
+        at = now_iso()
+        row = SecretRow(
+            new_id("sec"), org_id, name, self._vault.put(org_id, vault.SECRET, value), at, at
+        )
+        try:
+            with self._store.write() as conn:
+                self._refuse_existing(org_id, name)
+                conn.execute(
+                    "INSERT INTO secrets (id, org_id, name, durable_ref, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (row.id, org_id, name, row.durable_ref, at, at),
+                )
+                audit.record(
+                    conn,
+                    org_id=org_id,
+                    actor=actor,
+                    action="secret.create",
+                    target_type="secret",
+                    target_name=name,
+                )
+                changes.bump(self._store, conn)
+        except BaseException:
+            self._vault.delete(row.durable_ref)
+            raise
+        return row
+
+    def get(self, org_id: str, name: str) -> SecretRow:
+        rows = self._store.query(
+            "SELECT * FROM secrets WHERE org_id = ? AND name = ?", (org_id, name)
+        )
+        if not rows:
+            raise NotFound(f"secret {name!r} does not exist")
+        return SecretRow(**dict(rows[0]))
+
+    def list(self, org_id: str) -> list[SecretRow]:
+        rows = self._store.query("SELECT * FROM secrets WHERE org_id = ? ORDER BY name", (org_id,))
+        return [SecretRow(**dict(r)) for r in rows]
+
+    def delete(self, org_id: str, name: str, *, actor=None) -> None:
+        """Remove the row, then its vault entry."""
+        row = self.get(org_id, name)
+        with self._store.write() as conn:
+            conn.execute("DELETE FROM secrets WHERE id = ?", (row.id,))
+            audit.record(
+                conn,
+                org_id=org_id,
+                actor=actor,
+                action="secret.delete",
+                target_type="secret",
+                target_name=name,
+            )
+            changes.bump(self._store, conn)
+        self._vault.delete(row.durable_ref)
+
+    def values(self, org_id: str, names: Iterable[str]) -> dict[str, SecretValue]:
+        """Decrypted values of the named secrets of one org; missing names are absent."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" for _ in wanted)
+        rows = self._store.query(
+            f"SELECT name, durable_ref FROM secrets WHERE org_id = ? AND name IN ({marks})",
+            (org_id, *wanted),
+        )
+        return {r["name"]: self._vault.get(r["durable_ref"], org_id, vault.SECRET) for r in rows}
+
+    def _refuse_existing(self, org_id: str, name: str) -> None:
+        with self._store.read() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM secrets WHERE org_id = ? AND name = ?", (org_id, name)
+            ).fetchone()
+        if found:
+            raise Conflict(
+                f"secret {name!r} already exists; secrets are not updated in place: "
+                f"delete it first (capgate secret delete {name})"
+            )

@@ -1,0 +1,323 @@
+"""The control store: one SQLite file (WAL) holding rows and references, never a value.
+
+`ControlStore` owns one connection (safe to share between threads: every use holds its
+lock), applies migrations on open, and offers `read()` / `write()` blocks. `write()` is
+`BEGIN IMMEDIATE`, so the proxy and the CLI may write at the same time and simply queue
+on the busy timeout. Schema changes are migrations: append a function to MIGRATIONS; a
+newer capgate upgrades an older home in place when it opens it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import CapgateError, FieldError, InvalidInput, NotFound
+from .home import Home, now_iso
+
+BUSY_TIMEOUT_MS = 10_000
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+def new_id(prefix: str) -> str:
+    """A random, unguessable row id such as `cred_3f9a0c...`."""
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def check_name(field: str, value: str) -> None:
+    """Raise InvalidInput unless `value` is a plain name (letters, digits, . _ @ -)."""
+    if not NAME_PATTERN.match(value or ""):
+        raise InvalidInput(
+            [FieldError(field, "must be 1-128 letters, digits, '.', '_', '@' or '-'")]
+        )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open a SQLite file in WAL mode with a busy timeout; autocommit, explicit BEGINs.
+
+    A new file is created with mode 0600 first; SQLite gives its -wal and -shm files the
+    same mode. An existing file is never opened outside SQLite: closing such a descriptor
+    would drop the POSIX locks of this process's other connections (a known way to
+    corrupt a SQLite database).
+    """
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # created meanwhile by another process
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction taken up front (BEGIN IMMEDIATE); rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# --- migrations ---------------------------------------------------------------------
+
+
+def _v1_core(db: sqlite_utils.Database) -> None:
+    """Orgs, users, credentials, secrets, workspaces, agent tokens, audit events."""
+    db["orgs"].create({"id": str, "name": str, "created_at": str}, pk="id", not_null={"name"})
+    db["orgs"].create_index(["name"], unique=True)
+    db["users"].create(
+        {"id": str, "org_id": str, "name": str, "operator": int, "created_at": str},
+        pk="id",
+        not_null={"org_id", "name", "operator"},
+        foreign_keys=[("org_id", "orgs", "id")],
+    )
+    db["users"].create_index(["org_id", "name"], unique=True)
+    db["credentials"].create(
+        {
+            "id": str,
+            "org_id": str,
+            "name": str,
+            "user_id": str,
+            "provider": str,
+            "kind": str,
+            "scopes": str,  # JSON list
+            "durable_ref": str,
+            "provider_config": str,  # JSON object of non-secret settings
+            "status": str,
+            "last_minted_at": str,
+            "last_minted_status": str,
+            "allow_user_override": int,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "name", "provider", "kind", "status", "allow_user_override"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+    )
+    # One org row and at most one row per user for each (org, name).
+    db.execute(
+        "CREATE UNIQUE INDEX idx_credentials_scope "
+        "ON credentials (org_id, name, coalesce(user_id, ''))"
+    )
+    db["secrets"].create(
+        {"id": str, "org_id": str, "name": str, "durable_ref": str},
+        pk="id",
+        not_null={"org_id", "name", "durable_ref"},
+        foreign_keys=[("org_id", "orgs", "id")],
+    )
+    db["secrets"].add_column("created_at", str)
+    db["secrets"].add_column("updated_at", str)
+    db["secrets"].create_index(["org_id", "name"], unique=True)
+    db["workspaces"].create(
+        {
+            "id": str,
+            "org_id": str,
+            "role": str,
+            "user_id": str,
+            "created_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "role", "user_id"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+    )
+    db["agent_tokens"].create(
+        {
+            "id": str,
+            "workspace_id": str,
+            "org_id": str,
+            "prefix": str,
+            "sha256": str,
+            "created_at": str,
+            "last_used_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"workspace_id", "org_id", "prefix", "sha256"},
+        foreign_keys=[("workspace_id", "workspaces", "id"), ("org_id", "orgs", "id")],
+    )
+    db["agent_tokens"].create_index(["prefix"])
+    db["audit_events"].create(
+        {
+            "id": int,
+            "at": str,
+            "org_id": str,
+            "actor": str,
+            "action": str,
+            "target_type": str,
+            "target_name": str,
+            "from_status": str,
+            "to_status": str,
+            "reason": str,
+        },
+        pk="id",
+        not_null={"at", "org_id", "action"},
+    )
+    db["audit_events"].create_index(["org_id", "id"])
+
+
+def _v2_decisions_and_changes(db: sqlite_utils.Database) -> None:
+    """Policy decisions, and the change counter other processes poll."""
+    db["policy_decisions"].create(
+        {
+            "id": int,
+            "at": float,
+            "org_id": str,
+            "workspace_id": str,
+            "capability": str,
+            "decision": str,
+            "reason": str,
+            "method": str,
+            "scheme": str,
+            "host": str,
+            "port": int,
+            "path": str,
+            "transforms_applied": str,  # JSON list of labels
+            "transforms_failed": str,  # JSON object label -> reason
+            "auth_failures": str,  # JSON object credential -> reason
+            "upstream_status": int,
+            "duration_ms": float,
+        },
+        pk="id",
+        not_null={"at", "decision"},
+    )
+    db["policy_decisions"].create_index(["org_id", "id"])
+    db["policy_decisions"].create_index(["workspace_id", "id"])
+    db.execute("CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER)")
+    db.execute("INSERT INTO changes (id, generation) VALUES (1, 0)")
+
+
+Migration = Callable[[sqlite_utils.Database], None]
+# Index i upgrades schema version i to i + 1. Append only; never edit a released one.
+MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_decisions_and_changes)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Bring the database up to len(migrations), each step in its own transaction.
+
+    Safe when two processes open an old home at once: the version is re-read after the
+    write lock is taken. Returns the resulting version.
+    """
+    db = sqlite_utils.Database(conn)
+    while True:
+        with immediate(conn):
+            version = schema_version(conn)
+            if version > len(migrations):
+                raise CapgateError(
+                    f"control store schema version {version} is newer than this capgate "
+                    f"supports ({len(migrations)}); upgrade capgate"
+                )
+            if version == len(migrations):
+                return version
+            migrations[version](db)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class ControlStore:
+    """The control database of one home, shared by every broker component of a process."""
+
+    def __init__(self, home: Home, conn: sqlite3.Connection) -> None:
+        self.home = home
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.lock = threading.RLock()
+        self.local_changes = 0  # bumped by this process; see changes.ChangeWatcher
+        self._org_ids: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, home: Home) -> ControlStore:
+        """Open (creating and migrating if needed) the control store of an initialised home."""
+        home.require_initialized()
+        conn = connect(home.control_db)
+        migrate(conn)
+        return cls(home, conn)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """Hold the connection for a consistent read (one statement or a few)."""
+        with self.lock:
+            yield self.conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A BEGIN IMMEDIATE transaction on the shared connection."""
+        with self.lock, immediate(self.conn) as conn:
+            yield conn
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        with self.read() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def org_id(self, org: str, *, create: bool = False) -> str:
+        """The id of the org named `org`; created on first use when `create` is set."""
+        if org in self._org_ids:
+            return self._org_ids[org]
+        check_name("org", org)
+        row = self.query("SELECT id FROM orgs WHERE name = ?", (org,))
+        if not row and not create:
+            raise NotFound(f"org {org!r} does not exist")
+        if not row:
+            with self.write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO orgs (id, name, created_at) VALUES (?, ?, ?)",
+                    (new_id("org"), org, now_iso()),
+                )
+                row = conn.execute("SELECT id FROM orgs WHERE name = ?", (org,)).fetchall()
+        self._org_ids[org] = row[0]["id"]
+        return self._org_ids[org]
+
+    def org_name(self, org_id: str) -> str:
+        rows = self.query("SELECT name FROM orgs WHERE id = ?", (org_id,))
+        if not rows:
+            raise NotFound(f"org id {org_id!r} does not exist")
+        return rows[0]["name"]
+
+    @contextmanager
+    def credential_lock(self, credential_id: str) -> Iterator[None]:
+        """An exclusive lock on one credential, across threads and processes.
+
+        Hold it around read-refresh-write of a rotating refresh token so that two proxies
+        never spend the same refresh token. Blocking: call it from a worker thread in
+        async code. (flock locks belong to the open file, so two threads of one process
+        exclude each other too.)
+        """
+        if not re.fullmatch(r"[A-Za-z0-9_]+", credential_id):
+            raise ValueError("not a credential id")
+        self.home.locks.mkdir(exist_ok=True, mode=0o700)
+        path = self.home.locks / f"{credential_id}.lock"
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

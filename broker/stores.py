@@ -1,0 +1,50 @@
+"""Everything the store half of the broker offers, opened together for one home.
+
+`Stores.open(home)` is what the CLI and `Broker.open` call: one control-store connection,
+one vault, and the row services built on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .changes import ChangeWatcher
+from .credentials import Credentials
+from .home import Home
+from .secrets import Secrets
+from .store import ControlStore
+from .vault import Vault
+from .workspaces import Workspaces
+
+
+@dataclass(frozen=True)
+class Stores:
+    home: Home
+    control: ControlStore
+    vault: Vault
+    credentials: Credentials
+    secrets: Secrets
+    workspaces: Workspaces
+    changes: ChangeWatcher
+
+    @classmethod
+    def open(cls, root: Path | Home) -> Stores:
+        """Open an initialised home (NotInitialized / KeyFileError otherwise)."""
+        home = root if isinstance(root, Home) else Home(Path(root))
+        home.require_initialized()
+        vault = Vault.open(home)
+        control = ControlStore.open(home)
+        return cls(
+            home=home,
+            control=control,
+            vault=vault,
+            credentials=Credentials(control, vault),
+            secrets=Secrets(control, vault),
+            workspaces=Workspaces(control),
+            changes=ChangeWatcher(control),
+        )
+
+    def close(self) -> None:
+        self.control.close()
+        self.vault.close()

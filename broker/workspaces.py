@@ -1,0 +1,262 @@
+"""Users, workspaces and agent tokens.
+
+An agent token is `cg_` + 43 URL-safe characters (32 random bytes). It is shown once, at
+workspace creation; the store keeps only its first 8 characters after `cg_` (to find the
+row) and its SHA-256 (compared in constant time). Revoking a workspace revokes its tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from . import audit, changes
+from .errors import Conflict, NotFound
+from .home import now_iso
+from .store import ControlStore, check_name, new_id
+from .types import Workspace
+
+TOKEN_PREFIX = "cg_"
+TOKEN_BYTES = 32
+LOOKUP_CHARS = 8
+LAST_USED_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: str
+    org_id: str
+    name: str
+    operator: bool
+    created_at: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkspaceRow:
+    id: str
+    org_id: str
+    role: str
+    user_id: str
+    user: str
+    created_at: str
+    revoked_at: str | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _lookup_prefix(token: str) -> str | None:
+    if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + LOOKUP_CHARS:
+        return None
+    return token[len(TOKEN_PREFIX) : len(TOKEN_PREFIX) + LOOKUP_CHARS]
+
+
+class Workspaces:
+    """Users, workspaces and agent tokens of every org in one control store."""
+
+    def __init__(self, store: ControlStore) -> None:
+        self._store = store
+        self._last_used_written: dict[str, float] = {}
+        self._last_used_lock = threading.Lock()
+
+    # -- users -----------------------------------------------------------------------
+
+    def add_user(
+        self, org_id: str, name: str, *, operator: bool = False, actor: str | None = None
+    ) -> UserRow:
+        """Create a user; Conflict when the name is taken in this org."""
+        check_name("user", name)
+        row = UserRow(new_id("user"), org_id, name, operator, now_iso())
+        with self._store.write() as conn:
+            if conn.execute(
+                "SELECT 1 FROM users WHERE org_id = ? AND name = ?", (org_id, name)
+            ).fetchone():
+                raise Conflict(f"user {name!r} already exists")
+            conn.execute(
+                "INSERT INTO users (id, org_id, name, operator, created_at) VALUES (?, ?, ?, ?, ?)",
+                (row.id, org_id, name, int(operator), row.created_at),
+            )
+            audit.record(
+                conn,
+                org_id=org_id,
+                actor=actor,
+                action="user.create",
+                target_type="user",
+                target_name=name,
+            )
+        return row
+
+    def get_user(self, org_id: str, name: str) -> UserRow:
+        rows = self._store.query(
+            "SELECT * FROM users WHERE org_id = ? AND name = ?", (org_id, name)
+        )
+        if not rows:
+            raise NotFound(f"user {name!r} does not exist; add it with capgate user add")
+        return _user(rows[0])
+
+    def list_users(self, org_id: str) -> list[UserRow]:
+        rows = self._store.query("SELECT * FROM users WHERE org_id = ? ORDER BY name", (org_id,))
+        return [_user(r) for r in rows]
+
+    # -- workspaces ------------------------------------------------------------------
+
+    def create(self, org_id: str, role: str, user: str) -> tuple[WorkspaceRow, str]:
+        """Create a workspace for `user` and its agent token; the token is returned once."""
+        check_name("role", role)
+        owner = self.get_user(org_id, user)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        ws = WorkspaceRow(new_id("ws"), org_id, role, owner.id, owner.name, now_iso(), None)
+        with self._store.write() as conn:
+            conn.execute(
+                "INSERT INTO workspaces (id, org_id, role, user_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (ws.id, org_id, role, owner.id, ws.created_at),
+            )
+            conn.execute(
+                "INSERT INTO agent_tokens (id, workspace_id, org_id, prefix, sha256, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    new_id("tok"),
+                    ws.id,
+                    org_id,
+                    _lookup_prefix(token),
+                    token_sha256(token),
+                    ws.created_at,
+                ),
+            )
+            audit.record(
+                conn,
+                org_id=org_id,
+                actor=owner.name,
+                action="workspace.create",
+                target_type="workspace",
+                target_name=ws.id,
+            )
+            changes.bump(self._store, conn)
+        return ws, token
+
+    def revoke(self, org_id: str, workspace_id: str, *, actor: str | None = None) -> None:
+        """Revoke a workspace and all its tokens; NotFound when it is not in this org."""
+        at = now_iso()
+        with self._store.write() as conn:
+            found = conn.execute(
+                "SELECT revoked_at FROM workspaces WHERE id = ? AND org_id = ?",
+                (workspace_id, org_id),
+            ).fetchone()
+            if found is None:
+                raise NotFound(f"workspace {workspace_id!r} does not exist")
+            conn.execute(
+                "UPDATE workspaces SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                (at, workspace_id),
+            )
+            conn.execute(
+                "UPDATE agent_tokens SET revoked_at = coalesce(revoked_at, ?)"
+                " WHERE workspace_id = ?",
+                (at, workspace_id),
+            )
+            if found["revoked_at"] is None:
+                audit.record(
+                    conn,
+                    org_id=org_id,
+                    actor=actor,
+                    action="workspace.revoke",
+                    target_type="workspace",
+                    target_name=workspace_id,
+                )
+            changes.bump(self._store, conn)
+
+    def get(self, org_id: str, workspace_id: str) -> WorkspaceRow:
+        rows = self._store.query(
+            _WORKSPACE_SELECT + " WHERE w.org_id = ? AND w.id = ?", (org_id, workspace_id)
+        )
+        if not rows:
+            raise NotFound(f"workspace {workspace_id!r} does not exist")
+        return _workspace(rows[0])
+
+    def list_workspaces(self, org_id: str, *, include_revoked: bool = True) -> list[WorkspaceRow]:
+        sql = _WORKSPACE_SELECT + " WHERE w.org_id = ?"
+        if not include_revoked:
+            sql += " AND w.revoked_at IS NULL"
+        rows = self._store.query(sql + " ORDER BY w.created_at", (org_id,))
+        return [_workspace(r) for r in rows]
+
+    # -- agent authentication --------------------------------------------------------
+
+    def authenticate(self, token: str) -> Workspace | None:
+        """The live workspace this agent token belongs to, or None (revoked, unknown).
+
+        Candidates are found by the token's lookup prefix and compared by SHA-256 in
+        constant time. Records last_used_at at most once a minute per token.
+        """
+        prefix = _lookup_prefix(token)
+        digest = token_sha256(token)
+        if prefix is None:
+            return None
+        rows = self._store.query(
+            "SELECT t.id AS token_id, t.sha256, w.id, w.org_id, o.name AS org, w.role,"
+            " w.user_id, u.name AS user FROM agent_tokens t"
+            " JOIN workspaces w ON w.id = t.workspace_id"
+            " JOIN orgs o ON o.id = w.org_id JOIN users u ON u.id = w.user_id"
+            " WHERE t.prefix = ? AND t.revoked_at IS NULL AND w.revoked_at IS NULL",
+            (prefix,),
+        )
+        match = None
+        for row in rows:
+            if hmac.compare_digest(row["sha256"], digest):
+                match = row
+        if match is None:
+            return None
+        self._touch(match["token_id"])
+        return Workspace(
+            id=match["id"],
+            org_id=match["org_id"],
+            org=match["org"],
+            role=match["role"],
+            user_id=match["user_id"],
+            user=match["user"],
+        )
+
+    def _touch(self, token_id: str) -> None:
+        now = time.monotonic()
+        with self._last_used_lock:
+            last = self._last_used_written.get(token_id)
+            if last is not None and now - last < LAST_USED_INTERVAL_S:
+                return
+            self._last_used_written[token_id] = now
+        with self._store.write() as conn:
+            conn.execute(
+                "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), token_id)
+            )
+
+
+_WORKSPACE_SELECT = (
+    "SELECT w.id, w.org_id, w.role, w.user_id, u.name AS user, w.created_at, w.revoked_at"
+    " FROM workspaces w JOIN users u ON u.id = w.user_id"
+)
+
+
+def _user(row) -> UserRow:
+    return UserRow(row["id"], row["org_id"], row["name"], bool(row["operator"]), row["created_at"])
+
+
+def _workspace(row) -> WorkspaceRow:
+    return WorkspaceRow(
+        row["id"],
+        row["org_id"],
+        row["role"],
+        row["user_id"],
+        row["user"],
+        row["created_at"],
+        row["revoked_at"],
+    )

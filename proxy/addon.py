@@ -1,0 +1,303 @@
+"""capgate's mitmproxy addon: authenticate, check the destination, trip, match, transform,
+scrub, audit. Options are parsed in `configure`; the hooks look up and apply.
+
+Hook order per request (MITMPROXY-NOTES.md): `http_connect` (tunnel auth; tunnels no
+capability could match are refused when unmatched=deny), `requestheaders` (identity,
+destination, tripwire, policy, header/query/path/auth transforms, streaming choice),
+`request` (body tripwire and body transforms, buffered flows only), `responseheaders`
+(header scrubbing, streamed scrubbing), `response` / `error` (401 token drop, buffered
+scrubbing, the policy_decision row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.utils import human
+
+from capgate.broker.types import Decision
+from capgate.caps import CapsError
+
+from . import transforms
+from .flowstate import FlowState, finish, get_state, new_state
+from .policy import (
+    PROXY_AUTHORIZATION,
+    authority_mismatch,
+    connect_destination,
+    deny_response,
+    destination,
+    proxy_auth_required,
+    proxy_token,
+)
+from .ports import BrokerPort
+from .reload import CapsWatcher
+from .scrub import Scrubber, can_decode, scrubbing_stream
+from .session import Sessions
+from .tripwire import Tripwire
+
+logger = logging.getLogger("capgate.addon")
+
+# Responses up to this size (with a Content-Length, not SSE) are buffered and scrubbed
+# whole; larger, chunked and event-stream responses are scrubbed chunk by chunk.
+BUFFER_RESPONSE_MAX = 1024 * 1024
+# Request bodies up to this size (with a Content-Length) are buffered so the tripwire can
+# refuse them before a byte reaches the upstream; larger ones are streamed and scanned.
+BUFFER_REQUEST_MAX = 64 * 1024
+
+
+class CapgateAddon:
+    def __init__(self, broker: BrokerPort) -> None:
+        self.broker = broker
+        self.sessions = Sessions(broker)
+        self.watcher: CapsWatcher | None = None
+        self.body_limit = 10 * 1024 * 1024
+        # Tunnel identity: the token a CONNECT authenticated with, per client connection.
+        self.tunnels: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
+        self._poller: asyncio.Task[None] | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("capgate_caps", str, "", "Path of the caps.yaml file.")
+        loader.add_option(
+            "capgate_body_limit", str, "10m",
+            "Largest request body capgate buffers for body transforms (413 above).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "capgate_caps" in updated and ctx.options.capgate_caps:
+            try:
+                self.watcher = CapsWatcher(Path(ctx.options.capgate_caps))
+            except CapsError as exc:
+                raise exceptions.OptionsError(
+                    "invalid caps file:\n" + "\n".join(str(p) for p in exc.problems)
+                ) from None
+            except OSError as exc:
+                raise exceptions.OptionsError(f"cannot read caps file: {exc.strerror}") from None
+        if "capgate_body_limit" in updated:
+            limit = human.parse_size(ctx.options.capgate_body_limit)
+            if limit is None:
+                raise exceptions.OptionsError("capgate_body_limit must be a size, e.g. 10m")
+            self.body_limit = limit
+
+    def running(self) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self._poll_caps())
+
+    async def _poll_caps(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.watcher is not None:
+                self.watcher.poll()
+
+    def done(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+
+    # -- identity -------------------------------------------------------------------------
+
+    def _identify(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        """Resolve the workspace (tunnel identity or this request's header); strip the header."""
+        token = self.tunnels.get(flow.client_conn)
+        if token is None:
+            token = proxy_token(flow.request)
+        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        self.sessions.refresh()
+        workspace = self.sessions.workspace(token) if token else None
+        if workspace is None:
+            return False
+        state.workspace = workspace
+        return True
+
+    def _deny(
+        self, flow: http.HTTPFlow, state: FlowState, status: int, reason: str,
+        decision: Decision = Decision.DENY,
+    ) -> None:
+        state.decision, state.reason = decision, reason
+        if status == 407:
+            flow.response = proxy_auth_required()
+        else:
+            shown = "tripwire" if decision is Decision.TRIPWIRE else reason
+            flow.response = deny_response(status, shown, state.dest, state.method, state.path)
+        finish(self.broker, flow, state, None)
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        state = new_state(flow)
+        state.path = ""
+        token = proxy_token(flow.request)
+        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        self.sessions.refresh()
+        workspace = self.sessions.workspace(token) if token else None
+        if workspace is None or self.watcher is None:
+            return self._deny(flow, state, 407, "proxy_auth")
+        state.workspace = workspace
+        try:
+            state.dest = connect_destination(flow.request)
+        except ValueError:
+            return self._deny(flow, state, 403, "bad_destination")
+        self.watcher.poll()
+        config = self.watcher.config
+        if config.unmatched == "deny":
+            matcher = config.matcher(workspace.role)
+            dest = state.dest
+            if not (
+                matcher.could_match("https", dest.host, dest.port)
+                or matcher.could_match("http", dest.host, dest.port)
+            ):
+                return self._deny(flow, state, 403, "no_capability")
+        self.tunnels[flow.client_conn] = token  # type: ignore[assignment]
+        flow.metadata.pop("capgate", None)  # the tunnel itself is not a request row
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or self.watcher is None:
+            return
+        state = new_state(flow)
+        if not self._identify(flow, state):
+            return self._deny(flow, state, 407, "proxy_auth")
+        try:
+            state.dest = destination(flow.request)
+        except ValueError:
+            return self._deny(flow, state, 403, "bad_destination")
+        if authority_mismatch(flow.request, state.dest):
+            return self._deny(flow, state, 403, "host_mismatch")
+        self.watcher.poll()
+        config, version = self.watcher.config, self.watcher.version
+        assert state.workspace is not None
+        activation = self.sessions.activation(state.workspace, config, version)
+        state.activation = activation
+        tripwire = Tripwire(activation.leak_patterns)
+        if tripwire:
+            state.tripwire = tripwire
+            label = transforms.find_leak_in_head(tripwire, flow.request, state.dest)
+            if label is not None:
+                return self._trip(flow, state, label)
+        dest = state.dest
+        matcher = config.matcher(state.workspace.role)
+        capability = matcher.match(dest.scheme, dest.host, dest.port, state.method, state.path)
+        if capability is None and dest.scheme == "http":
+            # An https capability for this destination: refuse rather than pass plain http.
+            port = 443 if dest.port == 80 else dest.port
+            if matcher.match("https", dest.host, port, state.method, state.path) is not None:
+                return self._deny(flow, state, 403, "plaintext")
+        if capability is None:
+            if config.unmatched == "deny":
+                return self._deny(flow, state, 403, "no_capability")
+            state.reason = "unmatched"
+            return self._stream_request(flow, state)
+        state.capability = capability
+        if dest.scheme == "http" and not capability.allow_plaintext:
+            return self._deny(flow, state, 403, "plaintext")
+        if capability.needs_body:
+            problem = self._check_buffered_body(flow)
+            if problem is not None:
+                status, reason = problem
+                return self._deny(flow, state, status, reason)
+        await transforms.apply_head(self.broker, flow, state)
+        if not capability.needs_body:
+            self._stream_request(flow, state)
+
+    def _check_buffered_body(self, flow: http.HTTPFlow) -> tuple[int, str] | None:
+        headers = flow.request.headers
+        if "transfer-encoding" in headers:
+            return 411, "length_required"
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.body_limit:
+            return 413, "body_too_large"
+        return None
+
+    def _stream_request(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Stream the body unless it is small enough to check whole before forwarding."""
+        length = flow.request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= BUFFER_REQUEST_MAX:
+            state.buffered_body = True
+            return
+        if state.tripwire:
+
+            def on_hit(label: str) -> None:
+                state.streamed_hit = label
+
+            flow.request.stream = state.tripwire.stream(on_hit)
+        else:
+            flow.request.stream = True
+
+    def _trip(self, flow: http.HTTPFlow, state: FlowState, label: str) -> None:
+        workspace = state.workspace
+        logger.warning(
+            "tripwire: request from workspace %s carries the value of %s; blocked",
+            workspace.id if workspace else "-", label,
+        )
+        state.path = transforms.redacted_path(state, flow.request)
+        self._deny(flow, state, 403, label, Decision.TRIPWIRE)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = get_state(flow)
+        if state is None or flow.response is not None:
+            return
+        if state.streamed_hit is not None:
+            label = state.streamed_hit
+            logger.warning("tripwire: a streamed request body carried the value of %s; "
+                           "the value was not forwarded and the flow was killed", label)
+            state.decision, state.reason = Decision.TRIPWIRE, label
+            flow.kill()
+            return
+        if state.tripwire and (state.buffered_body or state.body_transforms):
+            content = flow.request.get_content(strict=False) or b""
+            label = state.tripwire.find_in_body(content)
+            if label is not None:
+                return self._trip(flow, state, label)
+        if state.body_transforms:
+            transforms.apply_body(flow, state)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = get_state(flow)
+        response = flow.response
+        if state is None or response is None:
+            return
+        if not state.scrub:
+            response.stream = True
+            return
+        scrubber = Scrubber(state.scrub)
+        for name, value in list(response.headers.items(multi=True)):
+            cleaned = scrubber.scrub_text(value)
+            if cleaned != value:
+                transforms.replace_header_value(response, name, value, cleaned)
+        content_type = response.headers.get("content-type", "").lower()
+        length = response.headers.get("content-length")
+        small = length is not None and length.isdigit() and int(length) <= BUFFER_RESPONSE_MAX
+        if small and not content_type.startswith("text/event-stream"):
+            return  # buffered; scrubbed whole in `response`
+        encoding = response.headers.get("content-encoding", "")
+        if not can_decode(encoding):
+            return  # cannot scrub a stream we cannot decode: buffer it instead
+        response.stream = scrubbing_stream(scrubber, encoding)
+        response.headers.pop("content-encoding", None)
+        response.headers.pop("content-length", None)
+        if not (flow.request.is_http2 or flow.request.is_http3):
+            response.headers["transfer-encoding"] = "chunked"
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = get_state(flow)
+        response = flow.response
+        if state is None or response is None:
+            return
+        if response.status_code == 401 and state.oauth and state.activation is not None:
+            for name in state.oauth:
+                self.broker.drop_token(state.activation, name)
+        if state.scrub and not response.stream:
+            transforms.scrub_buffered(response, Scrubber(state.scrub))
+        finish(self.broker, flow, state, response.status_code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = get_state(flow)
+        if state is None:
+            return
+        if state.reason is None and state.decision == Decision.ALLOW:
+            state.reason = "upstream_error"
+        finish(self.broker, flow, state, None)

@@ -1,0 +1,118 @@
+"""Per-request state the addon carries between hooks, and the audit row it becomes.
+
+A `FlowState` lives in `flow.metadata` from `requestheaders` until the response (or error)
+is recorded; then it is removed, so nothing of a request outlives it. `finish()` writes the
+one policy_decision row and the access log line (method, host, path — never the query,
+never a header value).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
+
+from .policy import Destination
+from .ports import BrokerPort
+
+KEY = "capgate"
+access_log = logging.getLogger("capgate.access")
+
+
+@dataclass
+class FlowState:
+    started: float
+    method: str
+    path: str  # without the query string
+    dest: Destination | None = None
+    workspace: Workspace | None = None
+    activation: Activation | None = None
+    capability: Any = None  # capgate.caps.Capability
+    decision: str = Decision.ALLOW
+    reason: str | None = None
+    applied: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    auth_failures: dict[str, str] = field(default_factory=dict)
+    scrub: list[LeakPattern] = field(default_factory=list)
+    oauth: list[str] = field(default_factory=list)  # credentials stamped with OAuth tokens
+    body_transforms: list[Any] = field(default_factory=list)
+    view: Any = None  # capgate.caps.RequestView
+    buffered_body: bool = False
+    tripwire: Any = None  # proxy.tripwire.Tripwire, for the body
+    streamed_hit: str | None = None  # tripwire label found in a streamed body
+    recorded: bool = False
+
+
+def path_without_query(path: str) -> str:
+    return path.partition("?")[0].partition("#")[0]
+
+
+def new_state(flow: http.HTTPFlow) -> FlowState:
+    request = flow.request
+    state = FlowState(
+        started=request.timestamp_start or time.time(),
+        method=request.method,
+        path=path_without_query(request.path),
+    )
+    flow.metadata[KEY] = state
+    return state
+
+
+def get_state(flow: http.HTTPFlow) -> FlowState | None:
+    state = flow.metadata.get(KEY)
+    return state if isinstance(state, FlowState) else None
+
+
+def finish(
+    broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: int | None
+) -> None:
+    """Record the request's policy decision and access log line, once; drop the state."""
+    flow.metadata.pop(KEY, None)
+    if state.recorded:
+        return
+    state.recorded = True
+    duration_ms = round((time.time() - state.started) * 1000, 3)
+    dest = state.dest
+    workspace = state.workspace
+    capability = state.capability.name if state.capability is not None else None
+    scheme = dest.scheme if dest else flow.request.scheme
+    host = dest.host if dest else flow.request.host
+    port = dest.port if dest else flow.request.port
+    broker.record_decision(
+        PolicyDecision(
+            at=state.started,
+            org_id=workspace.org_id if workspace else None,
+            workspace_id=workspace.id if workspace else None,
+            capability=capability,
+            decision=str(state.decision),
+            reason=state.reason,
+            method=state.method,
+            scheme=scheme,
+            host=host,
+            port=port,
+            path=state.path,
+            transforms_applied=tuple(state.applied),
+            transforms_failed=dict(state.failed),
+            auth_failures=dict(state.auth_failures),
+            upstream_status=status,
+            duration_ms=duration_ms,
+        )
+    )
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s:%s%s %s%s %s %.1fms%s",
+            state.method,
+            host,
+            port,
+            state.path,
+            state.decision,
+            f"/{state.reason}" if state.reason else "",
+            status if status is not None else "-",
+            duration_ms,
+            f" capability={capability}" if capability else "",
+        )

@@ -1,0 +1,133 @@
+"""Who is asking and where the request really goes: the checks before any transform.
+
+The destination is what mitmproxy connects to: `request.scheme/host/port` (the CONNECT
+target inside a tunnel, the absolute-form URL for plain HTTP). `Host` and `:authority`
+are whatever the agent wrote; they must name the same normalised destination or the
+request is refused (`host_mismatch`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from capgate.caps import default_port, normalize_host
+
+REALM = "capgate"
+PROXY_AUTHORIZATION = "Proxy-Authorization"
+
+
+@dataclass(frozen=True)
+class Destination:
+    scheme: str
+    host: str  # normalised
+    port: int
+
+
+def destination(request: http.Request) -> Destination:
+    """The normalised real destination; ValueError for a host that is no DNS name or IP."""
+    scheme = request.scheme.lower()
+    return Destination(scheme, normalize_host(request.host), request.port)
+
+
+def connect_destination(request: http.Request) -> Destination:
+    """A CONNECT target: the scheme inside the tunnel is not known yet; assume https."""
+    return Destination("https", normalize_host(request.host), request.port)
+
+
+def parse_authority(value: str, scheme: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` → (normalised host, port with default)."""
+    value = value.strip()
+    port: int | None = None
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            raise ValueError("unbalanced bracket")
+        host, rest = value[1:close], value[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("junk after bracketed host")
+            port = _port(rest[1:])
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+        port = _port(port_text)
+    else:
+        host = value  # a bare IPv6 address or a plain name
+    return normalize_host(host), port if port is not None else default_port(scheme)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError("bad port")
+    return int(text)
+
+
+def authority_mismatch(request: http.Request, dest: Destination) -> bool:
+    """Whether any Host header or :authority names something other than `dest`.
+
+    More than one Host header is a mismatch too: which one the upstream reads is its choice.
+    """
+    claimed = request.headers.get_all("host")
+    if len(claimed) > 1:
+        return True
+    if request.authority:
+        claimed = [*claimed, request.authority]
+    for value in claimed:
+        try:
+            if parse_authority(value, dest.scheme) != (dest.host, dest.port):
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def proxy_token(request: http.Request) -> str | None:
+    """The agent token: the password of a Basic Proxy-Authorization header, if any."""
+    values = request.headers.get_all(PROXY_AUTHORIZATION)
+    if len(values) != 1:
+        return None
+    scheme, _, encoded = values[0].strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
+def proxy_auth_required() -> http.Response:
+    body = {"error": "capgate: proxy authentication required", "reason": "proxy_auth"}
+    return http.Response.make(
+        407,
+        json.dumps(body),
+        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "Content-Type": "application/json"},
+    )
+
+
+DENY_MESSAGES = {
+    "no_capability": "capgate: no capability allows this request",
+    "host_mismatch": "capgate: the Host header does not match the destination",
+    "plaintext": "capgate: this capability is not allowed over plain http",
+    "tripwire": "capgate: the request carries a credential or secret value",
+    "bad_destination": "capgate: the destination host is not a valid name or address",
+    "length_required": "capgate: a request body that capgate edits needs a Content-Length",
+    "body_too_large": "capgate: the request body is larger than capgate buffers",
+}
+
+
+def deny_response(
+    status: int, reason: str, dest: Destination | None, method: str, path: str
+) -> http.Response:
+    """The JSON refusal an agent can read: what was refused and why, no values."""
+    body: dict[str, object] = {"error": DENY_MESSAGES.get(reason, "capgate: denied")}
+    body["reason"] = reason
+    if dest is not None:
+        body.update(scheme=dest.scheme, host=dest.host, port=dest.port)
+    body.update(method=method, path=path)
+    return http.Response.make(status, json.dumps(body), {"Content-Type": "application/json"})

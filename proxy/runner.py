@@ -1,0 +1,218 @@
+"""Running mitmproxy with capgate's addon: CA, trust bundles, logging, lifecycle.
+
+Only the mitmproxy addons the forward proxy needs are loaded (core, proxy server, next
+layer, TLS, h2c refusal) plus capgate's own; no flow is kept after it completes. Two ways
+to run: `serve()` in the current process until SIGINT/SIGTERM (`capgate proxy`), and
+`ProxyThread` on an ephemeral port in a background thread (`capgate exec`, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import certifi
+from mitmproxy import certs, master, options
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+
+from .addon import CapgateAddon
+from .ports import BrokerPort
+
+logger = logging.getLogger("capgate.proxy")
+
+CA_BASENAME = "mitmproxy"  # mitmproxy's file names inside the confdir
+# Libraries whose DEBUG records are costly or can carry values (cel-python logs the
+# activation, secrets included). mitmproxy's own entry point sets the root to DEBUG.
+CHATTY_LOGGERS = (
+    "celpy", "lark", "hpack", "h2", "hyperframe", "asyncio", "tornado", "urwid", "quic",
+    "aioquic", "passlib", "httpx", "httpcore", "mitmproxy", "sqlite_utils", "authlib",
+)
+
+
+def ca_cert_path(home: Path) -> Path:
+    """The PEM certificate agents trust, created (with its key) on first use."""
+    confdir = home / "ca"
+    confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    certs.CertStore.from_store(confdir, CA_BASENAME, 2048)
+    return confdir / f"{CA_BASENAME}-ca-cert.pem"
+
+
+def _bundle(target: Path, parts: Sequence[Path]) -> Path:
+    text = "".join(p.read_text().rstrip("\n") + "\n" for p in parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+    return target
+
+
+def client_trust_bundle(home: Path) -> Path:
+    """The public roots plus capgate's CA: what an agent's runtimes should trust."""
+    return _bundle(home / "ca" / "agent-trust.pem", [Path(certifi.where()), ca_cert_path(home)])
+
+
+def upstream_trust_bundle(home: Path, extra_cas: Sequence[Path]) -> Path | None:
+    """Roots for upstream TLS: the public ones plus each `--upstream-ca` (None: defaults)."""
+    if not extra_cas:
+        return None
+    for pem in extra_cas:
+        if "-----BEGIN CERTIFICATE-----" not in pem.read_text():
+            raise ValueError(f"{pem}: not a PEM certificate file")
+    return _bundle(home / "ca" / "upstream-trust.pem", [Path(certifi.where()), *extra_cas])
+
+
+def quiet_libraries() -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def configure_logging(verbose: bool = False, access_log: bool = True) -> None:
+    """capgate owns logging: one stderr handler; libraries at WARNING; no root DEBUG."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    quiet_libraries()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    capgate = logging.getLogger("capgate")
+    capgate.handlers[:] = [handler]
+    capgate.propagate = False
+    capgate.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("capgate.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    home: Path
+    caps_path: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    upstream_cas: tuple[Path, ...] = ()
+    body_limit: str = "10m"
+    extra_addons: tuple[Any, ...] = field(default=(), compare=False)
+
+
+async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Master:
+    """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
+    quiet_libraries()
+    ca_cert_path(settings.home)
+    trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
+    m = master.Master(options.Options(), with_termlog=False)
+    addon = CapgateAddon(broker)
+    m.addons.add(
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        disable_h2c.DisableH2C(),
+        *settings.extra_addons,
+        addon,
+    )
+    m.options.update(
+        mode=["regular"],
+        listen_host=settings.listen_host,
+        listen_port=settings.listen_port,
+        confdir=str(settings.home / "ca"),
+        ssl_insecure=False,
+        ssl_verify_upstream_trusted_ca=str(trusted) if trusted else None,
+        # mitmproxy's body_size_limit also kills large streamed bodies with a known length;
+        # capgate bounds the bodies it buffers itself (capgate_body_limit -> 413).
+        body_size_limit=None,
+        stream_large_bodies=None,
+        connection_strategy="lazy",
+        capgate_caps=str(settings.caps_path),
+        capgate_body_limit=settings.body_limit,
+    )
+    return m
+
+
+async def serve(settings: ProxySettings, broker: BrokerPort) -> None:
+    """Run until SIGINT/SIGTERM; pending policy decisions are flushed on the way out."""
+    m = await build_master(settings, broker)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, m.shutdown)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    run = loop.create_task(m.run())
+    try:
+        ps = m.addons.get("proxyserver")
+        while not ps.listen_addrs() and not run.done():
+            await asyncio.sleep(0.01)
+        if ps.listen_addrs():
+            host, port, *_ = ps.listen_addrs()[0]
+            logger.info("listening on %s:%d", host, port)
+        await run
+    finally:
+        broker.close()
+    if not m.addons.get("proxyserver").listen_addrs() and not m.should_exit.is_set():
+        raise RuntimeError("the proxy could not listen")
+
+
+class ProxyThread:
+    """The proxy in a background thread with its own event loop (exec, tests)."""
+
+    def __init__(self, settings: ProxySettings, broker: BrokerPort) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.host = settings.listen_host
+        self.port = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._master: master.Master | None = None
+        self._thread = threading.Thread(target=self._main, name="capgate-proxy", daemon=True)
+
+    @property
+    def addon(self) -> CapgateAddon:
+        assert self._master is not None
+        found = self._master.addons.get("capgate")
+        assert isinstance(found, CapgateAddon)
+        return found
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        self._ready.wait(timeout=15)
+        if self._error is not None:
+            raise RuntimeError(f"the proxy failed to start: {self._error}") from self._error
+        if not self.port:
+            raise RuntimeError("the proxy did not start in time")
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # surfaced to start() / stop()
+            self._error = exc
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._master = await build_master(self.settings, self.broker)
+        run = self._loop.create_task(self._master.run())
+        ps = self._master.addons.get("proxyserver")
+        while not ps.listen_addrs():
+            if run.done():
+                run.result()
+                raise RuntimeError("the proxy could not listen")
+            await asyncio.sleep(0.005)
+        self.host, self.port, *_ = ps.listen_addrs()[0]
+        self._ready.set()
+        await run
+
+    def stop(self) -> None:
+        if self._master is not None and self._loop is not None and self._thread.is_alive():
+            self._master.shutdown()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> ProxyThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

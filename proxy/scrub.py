@@ -1,0 +1,181 @@
+"""Response scrubbing: injected values echoed back by an upstream become `[REDACTED:<name>]`.
+
+`Scrubber` replaces a fixed set of byte patterns in one buffer (`scrub`) or in a stream of
+chunks (`stream`): between chunks it keeps back the last `len(longest pattern) - 1` bytes,
+so a value split across two chunks is still caught. `StreamDecoder` undoes a
+Content-Encoding incrementally so that compressed streams can be scrubbed too.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from capgate.broker.types import LeakPattern
+
+try:  # brotli and zstandard ship with mitmproxy; stay importable without them anyway.
+    import brotli
+except ImportError:  # pragma: no cover
+    brotli = None
+try:
+    import zstandard
+except ImportError:  # pragma: no cover
+    zstandard = None
+
+
+def marker(label: str) -> bytes:
+    """`[REDACTED:<name>]` for a pattern label such as `credential:github` or `github`."""
+    kind, sep, name = label.partition(":")
+    if sep and kind in ("credential", "secret"):
+        label = name
+    return b"[REDACTED:" + label.encode("utf-8", "replace") + b"]"
+
+
+class Scrubber:
+    """Replaces every pattern's bytes with its marker; longest pattern wins at a position."""
+
+    def __init__(self, patterns: Iterable[LeakPattern]) -> None:
+        by_value: dict[bytes, bytes] = {}
+        for pattern in patterns:
+            if pattern.value:
+                by_value.setdefault(pattern.value, marker(pattern.label))
+        self._markers = by_value
+        self.max_len = max((len(v) for v in by_value), default=0)
+        ordered = sorted(by_value, key=len, reverse=True)
+        self._regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
+
+    def __bool__(self) -> bool:
+        return self._regex is not None
+
+    def scrub(self, data: bytes) -> bytes:
+        if self._regex is None or not data:
+            return data
+        return self._regex.sub(lambda m: self._markers[m.group(0)], data)
+
+    def scrub_text(self, text: str) -> str:
+        if self._regex is None:
+            return text
+        return self.scrub(text.encode("utf-8", "surrogateescape")).decode(
+            "utf-8", "surrogateescape"
+        )
+
+    def stream(self) -> Callable[[bytes], bytes]:
+        """A chunk function for mitmproxy's `stream`; called with b"" at the end of the body."""
+        pending = b""
+        keep = max(self.max_len - 1, 0)
+        regex = self._regex
+
+        def process(chunk: bytes) -> bytes:
+            nonlocal pending
+            if regex is None:
+                return chunk
+            data = pending + chunk
+            if not chunk:  # end of body: everything left is final
+                pending = b""
+                return self.scrub(data)
+            cut = len(data) - keep
+            if cut <= 0:
+                pending = data
+                return b""
+            out: list[bytes] = []
+            position = 0
+            for match in regex.finditer(data):
+                # A match starting before `cut` had every candidate fully in view.
+                if match.start() >= cut:
+                    break
+                out.append(data[position : match.start()])
+                out.append(self._markers[match.group(0)])
+                position = match.end()
+            emit_to = max(cut, position)
+            out.append(data[position:emit_to])
+            pending = data[emit_to:]
+            return b"".join(out)
+
+        return process
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _gzip() -> _Decompressor:
+    return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+
+class _Deflate:
+    """Deflate as sent in practice: zlib-wrapped, or raw when the header is missing."""
+
+    def __init__(self) -> None:
+        self._inner: object | None = None
+        self._head = b""
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._inner is None:
+            self._head += data
+            if len(self._head) < 2 and data:
+                return b""
+            wbits = zlib.MAX_WBITS if (self._head[:1] == b"\x78") else -zlib.MAX_WBITS
+            self._inner = zlib.decompressobj(wbits)
+            data, self._head = self._head, b""
+        return self._inner.decompress(data)  # type: ignore[attr-defined]
+
+
+def _decoder_for(encoding: str) -> _Decompressor | None:
+    if encoding in ("gzip", "x-gzip"):
+        return _gzip()
+    if encoding == "deflate":
+        return _Deflate()
+    if encoding == "br" and brotli is not None:
+        return brotli.Decompressor()  # type: ignore[no-any-return]
+    if encoding == "zstd" and zstandard is not None:
+        return zstandard.ZstdDecompressor().decompressobj()
+    return None
+
+
+def can_decode(encoding: str) -> bool:
+    """Whether `StreamDecoder` handles this Content-Encoding (identity counts)."""
+    encoding = encoding.strip().lower()
+    return encoding in ("", "identity") or _decoder_for(encoding) is not None
+
+
+class StreamDecoder:
+    """Incremental decoding of one Content-Encoding; raises ValueError on corrupt data."""
+
+    def __init__(self, encoding: str) -> None:
+        encoding = encoding.strip().lower()
+        self._decoder = None if encoding in ("", "identity") else _decoder_for(encoding)
+        if encoding not in ("", "identity") and self._decoder is None:
+            raise ValueError("unsupported content encoding")
+
+    def decode(self, chunk: bytes) -> bytes:
+        if self._decoder is None or not chunk:
+            return chunk
+        try:
+            return self._decoder.decompress(chunk)
+        except Exception as exc:  # zlib.error, brotli.error, zstd.ZstdError
+            raise ValueError("corrupt compressed stream") from exc
+
+
+def scrubbing_stream(scrubber: Scrubber, encoding: str = "") -> Callable[[bytes], bytes]:
+    """Decode (when `encoding` is set) and scrub a streamed body, chunk by chunk."""
+    decoder = StreamDecoder(encoding)
+    scrub = scrubber.stream()
+    broken = False
+
+    def process(chunk: bytes) -> bytes:
+        nonlocal broken
+        if broken:
+            return b""
+        if not chunk:
+            return scrub(b"")
+        try:
+            decoded = decoder.decode(chunk)
+        except ValueError:
+            # Never pass undecodable bytes on unscrubbed: the body ends here instead.
+            broken = True
+            return scrub(b"")
+        return scrub(decoded) if decoded else b""
+
+    return process

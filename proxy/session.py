@@ -1,0 +1,55 @@
+"""Agent identity and activation caches, invalidated whenever the broker's generation moves.
+
+A token resolves to a workspace, and a workspace (with the current caps configuration)
+to an `Activation`. Both are cached until `broker.generation()` changes: a revoke or a
+delete committed by any process empties the caches before the next request is served.
+"""
+
+from __future__ import annotations
+
+from capgate.broker.types import Activation, Workspace
+from capgate.caps import CapsConfig
+
+from .ports import BrokerPort
+
+MAX_CACHED = 10_000
+
+
+class Sessions:
+    def __init__(self, broker: BrokerPort) -> None:
+        self.broker = broker
+        self._generation: int | None = None
+        self._workspaces: dict[str, Workspace] = {}
+        self._activations: dict[tuple[str, int], Activation] = {}
+
+    def refresh(self) -> None:
+        """One cheap generation check per request; a move drops every cached answer."""
+        generation = self.broker.generation()
+        if generation != self._generation:
+            self._generation = generation
+            self._workspaces.clear()
+            self._activations.clear()
+
+    def workspace(self, token: str) -> Workspace | None:
+        found = self._workspaces.get(token)
+        if found is None:
+            found = self.broker.authenticate(token)
+            if found is not None:  # failures are not cached: a bad token always costs a lookup
+                if len(self._workspaces) >= MAX_CACHED:
+                    self._workspaces.clear()
+                self._workspaces[token] = found
+        return found
+
+    def activation(self, workspace: Workspace, config: CapsConfig, version: int) -> Activation:
+        key = (workspace.id, version)
+        found = self._activations.get(key)
+        if found is None:
+            found = self.broker.activate(
+                workspace,
+                sorted(config.credential_names(workspace.role)),
+                sorted(config.secret_names(workspace.role)),
+            )
+            if len(self._activations) >= MAX_CACHED:
+                self._activations.clear()
+            self._activations[key] = found
+        return found

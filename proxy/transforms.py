@@ -1,0 +1,189 @@
+"""Running a matched capability's transforms against a live request, in file order.
+
+`apply_head` runs in `requestheaders`: auth (mint and stamp), header, query and path
+edits. `apply_body` runs in `request` for buffered bodies. A failing transform records a
+reason and the request continues; a failed mint still removes the agent's own value for
+that header or parameter. Every injected value becomes a scrub pattern for the response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mitmproxy import http
+
+from capgate.broker.types import leak_patterns
+from capgate.caps import (
+    AuthTransform,
+    BodyEditError,
+    BodyTransform,
+    RequestView,
+    TransformFailure,
+    WorkspaceView,
+    apply_body_edit,
+    evaluate,
+)
+
+from .apply import apply_edit, auth_slots, clear_slots, load_json_body, stamp, write_json_body
+from .flowstate import FlowState, path_without_query
+from .policy import Destination
+from .ports import BrokerPort
+from .scrub import Scrubber
+from .tripwire import Tripwire
+
+AUTH_UNAVAILABLE = "auth_unavailable"
+
+
+def request_view(request: http.Request, dest: Destination, path: str) -> RequestView:
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items(multi=True):
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    query: dict[str, str] = {}
+    for name, value in request.query.items(multi=True):
+        query.setdefault(name, value)
+    return RequestView(
+        method=request.method, scheme=dest.scheme, host=dest.host, port=dest.port,
+        path=path, headers=headers, query=query,
+    )
+
+
+def _workspace_view(state: FlowState) -> WorkspaceView:
+    assert state.workspace is not None
+    ws = state.workspace
+    return WorkspaceView(id=ws.id, role=ws.role, user=ws.user)
+
+
+def _secrets_for(state: FlowState, transform: Any) -> dict[str, str] | None:
+    """The transform's declared secrets as plain str, or None when one is missing."""
+    assert state.activation is not None
+    available = state.activation.secrets
+    if not transform.secrets <= available.keys():
+        return None
+    return {name: available[name].reveal() for name in transform.secrets}
+
+
+def _note_secrets(state: FlowState, transform: Any) -> None:
+    assert state.activation is not None
+    for name in transform.secrets:
+        state.scrub.extend(leak_patterns(f"secret:{name}", state.activation.secrets[name]))
+
+
+def _evaluate(state: FlowState, transform: Any) -> Any:
+    secrets = _secrets_for(state, transform)
+    if secrets is None:
+        return TransformFailure(transform.label, "missing_secret")
+    return evaluate(transform, state.view, _workspace_view(state), secrets)
+
+
+async def apply_head(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState) -> None:
+    request = flow.request
+    assert state.dest is not None and state.activation is not None
+    state.view = request_view(request, state.dest, state.path)
+    for transform in state.capability.transforms:
+        if isinstance(transform, BodyTransform):
+            state.body_transforms.append(transform)
+        elif isinstance(transform, AuthTransform):
+            await _apply_auth(broker, request, state, transform)
+        else:
+            result = _evaluate(state, transform)
+            if isinstance(result, TransformFailure):
+                state.failed[transform.label] = result.reason
+                continue
+            problem = apply_edit(request, result)
+            if problem is not None:
+                state.failed[transform.label] = problem
+                continue
+            state.applied.append(transform.label)
+            _note_secrets(state, transform)
+
+
+async def _apply_auth(
+    broker: BrokerPort, request: http.Request, state: FlowState, transform: AuthTransform
+) -> None:
+    assert state.activation is not None
+    headers, query = auth_slots(transform.provider)
+    # Before minting and whatever its outcome: the agent's own value never goes upstream.
+    clear_slots(request, headers, query)
+    outcome = await broker.mint(state.activation, transform.credential)
+    wire = outcome.wire
+    if wire is None:
+        state.auth_failures[transform.credential] = AUTH_UNAVAILABLE
+        return
+    clear_slots(request, [name for name, _ in wire.headers], [name for name, _ in wire.query])
+    problem = stamp(request, wire)
+    if problem is not None:
+        state.auth_failures[transform.credential] = problem
+        return
+    state.applied.append(transform.label)
+    state.scrub.extend(wire.scrub)
+    if wire.oauth:
+        state.oauth.append(transform.credential)
+
+
+def apply_body(flow: http.HTTPFlow, state: FlowState) -> None:
+    request = flow.request
+    try:
+        document = load_json_body(request)
+    except ValueError:
+        for transform in state.body_transforms:
+            state.failed[transform.label] = "body_not_json"
+        return
+    changed = False
+    for transform in state.body_transforms:
+        result = _evaluate(state, transform)
+        if isinstance(result, TransformFailure):
+            state.failed[transform.label] = result.reason
+            continue
+        try:
+            document = apply_body_edit(document, result)
+        except BodyEditError as exc:
+            state.failed[transform.label] = exc.reason
+            continue
+        changed = True
+        state.applied.append(transform.label)
+        _note_secrets(state, transform)
+    if changed:
+        write_json_body(request, document)
+
+
+def find_leak_in_head(tripwire: Tripwire, request: http.Request, dest: Destination) -> str | None:
+    return (
+        tripwire.find_in_url(request.host)
+        or tripwire.find_in_url(request.path)
+        or tripwire.find_in_headers(request.headers.items(multi=True))
+    )
+
+
+def redacted_path(state: FlowState, request: http.Request) -> str:
+    """The path (and destination host) with leaked values masked, for the audit row."""
+    assert state.activation is not None
+    scrubber = Scrubber(state.activation.leak_patterns)
+    if state.dest is not None:
+        state.dest = dataclasses.replace(state.dest, host=scrubber.scrub_text(state.dest.host))
+    return path_without_query(scrubber.scrub_text(request.path))
+
+
+def replace_header_value(message: http.Response, name: str, old: str, new: str) -> None:
+    values = message.headers.get_all(name)
+    message.headers.set_all(name, [new if v == old else v for v in values])
+
+
+def scrub_buffered(response: http.Response, scrubber: Scrubber) -> None:
+    """Scrub a whole buffered body, decoding its Content-Encoding first."""
+    try:
+        content = response.get_content(strict=True)
+    except ValueError:
+        # Undecodable: scrub the bytes as they are and stop claiming an encoding.
+        raw = response.raw_content or b""
+        cleaned = scrubber.scrub(raw)
+        if cleaned != raw:
+            response.headers.pop("content-encoding", None)
+            response.set_content(cleaned)
+        return
+    if not content:
+        return
+    cleaned = scrubber.scrub(content)
+    if cleaned != content:
+        response.set_content(cleaned)

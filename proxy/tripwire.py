@@ -1,0 +1,112 @@
+"""The tripwire: an agent's request that carries a value it should never have seen.
+
+The patterns are the raw and base64 forms of every credential and secret the workspace
+can use (`Activation.leak_patterns`). A hit names the pattern's label, never its value.
+URLs are checked raw and percent-decoded; `Basic` header values are also checked decoded,
+since a value can hide inside `base64(user:value)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterable
+from urllib.parse import unquote, unquote_plus
+
+from capgate.broker.types import MIN_TRIPWIRE_LENGTH, LeakPattern
+
+_BASIC = re.compile(r"^\s*basic\s+(\S+)\s*$", re.IGNORECASE)
+
+
+class Tripwire:
+    """Finds the first leaked value in a request; `find*` return the pattern's label."""
+
+    def __init__(self, patterns: Iterable[LeakPattern]) -> None:
+        labels: dict[bytes, str] = {}
+        for pattern in patterns:
+            if len(pattern.value) >= MIN_TRIPWIRE_LENGTH:
+                labels.setdefault(pattern.value, pattern.label)
+        self._labels = labels
+        self.max_len = max((len(v) for v in labels), default=0)
+        ordered = sorted(labels, key=len, reverse=True)
+        self._regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
+
+    def __bool__(self) -> bool:
+        return self._regex is not None
+
+    def find(self, data: bytes) -> str | None:
+        if self._regex is None or not data:
+            return None
+        match = self._regex.search(data)
+        return self._labels[match.group(0)] if match else None
+
+    def _find_text(self, text: str) -> str | None:
+        return self.find(text.encode("utf-8", "surrogateescape"))
+
+    def find_in_url(self, url: str) -> str | None:
+        """`url` is the request target as the agent sent it (path and query)."""
+        for form in (url, unquote(url), unquote_plus(url)):
+            if label := self._find_text(form):
+                return label
+        return None
+
+    def find_in_headers(self, headers: Iterable[tuple[str, str]]) -> str | None:
+        for name, value in headers:
+            if label := self._find_text(name) or self._find_text(value):
+                return label
+            if label := self._find_text(unquote(value)):
+                return label
+            basic = _BASIC.match(value)
+            if basic:
+                try:
+                    decoded = base64.b64decode(basic.group(1) + "==", validate=False)
+                except (binascii.Error, ValueError):
+                    continue
+                if label := self.find(decoded):
+                    return label
+        return None
+
+    def find_in_body(self, body: bytes) -> str | None:
+        if label := self.find(body):
+            return label
+        if b"%" in body or b"+" in body:  # form-encoded bodies
+            return self._find_text(unquote_plus(body.decode("utf-8", "surrogateescape")))
+        return None
+
+    def stream(self, on_hit: Callable[[str], None]) -> Callable[[bytes], bytes]:
+        """A chunk function for a streamed request body: reports the first hit, and never
+        forwards matched bytes (they are overwritten with `*`, keeping the length)."""
+        pending = b""
+        keep = max(self.max_len - 1, 0)
+        regex = self._regex
+        hit = False
+
+        def process(chunk: bytes) -> bytes:
+            nonlocal pending, hit
+            if regex is None:
+                return chunk
+            data = pending + chunk
+            final = not chunk
+            cut = len(data) if final else len(data) - keep
+            if cut <= 0:
+                pending = data
+                return b""
+            out: list[bytes] = []
+            position = 0
+            for match in regex.finditer(data):
+                if match.start() >= cut:
+                    break
+                if not hit:
+                    hit = True
+                    on_hit(self._labels[match.group(0)])
+                # Same length: a streamed body may be framed by Content-Length.
+                out.append(data[position : match.start()])
+                out.append(b"*" * (match.end() - match.start()))
+                position = match.end()
+            emit_to = max(cut, position)
+            out.append(data[position:emit_to])
+            pending = data[emit_to:]
+            return b"".join(out)
+
+        return process

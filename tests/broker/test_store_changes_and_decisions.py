@@ -1,0 +1,131 @@
+"""The cross-process change signal and the batched policy-decision writer."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+from capgate.broker import decisions
+from capgate.broker.decisions import DecisionWriter, list_decisions
+from capgate.broker.secretvalue import SecretValue
+from capgate.broker.stores import Stores
+from capgate.broker.types import PolicyDecision
+
+
+def _delete_secret_in_another_process(root: str, org: str, name: str) -> None:
+    stores = Stores.open(root)
+    stores.secrets.delete(stores.control.org_id(org), name)
+    stores.close()
+
+
+def test_generation_moves_after_a_delete_in_another_process(stores, org):
+    stores.secrets.set(org, "s", SecretValue("v"))
+    before = stores.changes.generation()
+    assert stores.changes.generation() == before
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(
+        target=_delete_secret_in_another_process, args=(str(stores.home.root), "acme", "s")
+    )
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0
+    assert stores.changes.generation() != before
+    assert stores.secrets.values(org, ["s"]) == {}
+
+
+def test_generation_moves_after_a_change_through_a_second_connection(stores, org):
+    other = Stores.open(stores.home)
+    before = stores.changes.generation()
+    other.workspaces.add_user(org, "alice")
+    assert stores.changes.generation() == before  # users do not change activations
+    other.workspaces.create(org, "r", "alice")
+    assert stores.changes.generation() > before
+    other.close()
+
+
+def test_generation_moves_after_a_change_in_this_process(stores, org):
+    before = stores.changes.generation()
+    stores.secrets.set(org, "s", SecretValue("v"))
+    assert stores.changes.generation() > before
+
+
+def test_generation_is_cheap(stores):
+    stores.changes.generation()
+    n = 20_000
+    start = time.perf_counter()
+    for _ in range(n):
+        stores.changes.generation()
+    per_call_us = (time.perf_counter() - start) / n * 1e6
+    print(f"generation(): {per_call_us:.2f} us per call")
+    assert per_call_us < 50
+
+
+def decision(i: int, org_id: str, workspace_id: str = "ws_1") -> PolicyDecision:
+    return PolicyDecision(
+        at=1000.0 + i,
+        org_id=org_id,
+        workspace_id=workspace_id,
+        capability="github-api",
+        decision="allow",
+        reason=None,
+        method="GET",
+        scheme="https",
+        host="api.github.com",
+        port=443,
+        path=f"/repos/{i}",
+        transforms_applied=("auth:github",),
+        auth_failures={"jira": "auth_unavailable"},
+        upstream_status=200,
+        duration_ms=1.5,
+    )
+
+
+def test_decisions_are_written_in_the_background_and_read_back(stores, org, monkeypatch):
+    writer = DecisionWriter(stores.home.control_db)
+    for i in range(5):
+        writer.record(decision(i, org))
+    writer.record(decision(9, "org_other"))
+    writer.close()
+    rows = list_decisions(stores.control, org)
+    assert [r.decision.path for r in rows] == [f"/repos/{i}" for i in range(5)]
+    assert rows[0].decision == decision(0, org)
+    assert len(list_decisions(stores.control, None)) == 6
+    since = list_decisions(stores.control, org, since_id=rows[2].id)
+    assert [r.id for r in since] == [rows[3].id, rows[4].id]
+    newest = list_decisions(stores.control, org, limit=2)
+    assert [r.id for r in newest] == [rows[3].id, rows[4].id]
+    assert list_decisions(stores.control, org, workspace_id="ws_none") == []
+
+
+def test_decisions_flush_without_close_within_the_interval(stores, org):
+    writer = DecisionWriter(stores.home.control_db)
+    writer.record(decision(0, org))
+    deadline = time.monotonic() + 5
+    while not list_decisions(stores.control, org) and time.monotonic() < deadline:
+        time.sleep(decisions.FLUSH_INTERVAL_S / 4)
+    assert len(list_decisions(stores.control, org)) == 1
+    writer.close()
+
+
+def _add_secrets(root: str, org: str, prefix: str, count: int) -> None:
+    stores = Stores.open(root)
+    org_id = stores.control.org_id(org, create=True)
+    for i in range(count):
+        stores.secrets.set(org_id, f"{prefix}-{i}", SecretValue("v"))
+    stores.close()
+
+
+def test_two_processes_write_at_once_without_losing_a_row(stores, org):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_add_secrets, args=(str(stores.home.root), "acme", p, 15))
+        for p in ("a", "b")
+    ]
+    for proc in procs:
+        proc.start()
+    _add_secrets(str(stores.home.root), "acme", "c", 15)
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert len(stores.secrets.list(org)) == 45
+    assert len(stores.vault.refs()) == 45
