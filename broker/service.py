@@ -25,7 +25,7 @@ import httpx
 
 from .credential_rows import ACTIVE, NEEDS_REAUTH
 from .decisions import DecisionWriter
-from .errors import NotFound, VaultError
+from .errors import FieldError, InvalidInput, NotFound, VaultError
 from .home import Home
 from .minting import Durable, MintEnv, bearer_wire, mint_token, minter_for
 from .oauth import DEFAULT_TIMEOUT, UNPARSEABLE, Endpoints, MintError
@@ -118,9 +118,9 @@ def _env_float(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0")
+        value = -1.0
+    if not value >= 0:  # also refuses NaN
+        raise InvalidInput([FieldError(name, "must be a number of seconds >= 0")])
     return value
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +21,8 @@ from .errors import Conflict, NotFound
 from .home import now_iso
 from .store import ControlStore, check_name, new_id
 from .types import Workspace
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "cg_"
 TOKEN_BYTES = 32
@@ -234,10 +238,13 @@ class Workspaces:
             if last is not None and now - last < LAST_USED_INTERVAL_S:
                 return
             self._last_used_written[token_id] = now
-        with self._store.write() as conn:
-            conn.execute(
-                "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), token_id)
-            )
+        try:
+            with self._store.write() as conn:
+                conn.execute(
+                    "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), token_id)
+                )
+        except sqlite3.OperationalError as exc:  # busy: best effort, retried next interval
+            log.warning("could not record agent token last use: %s", exc)
 
 
 _WORKSPACE_SELECT = (

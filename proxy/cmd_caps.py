@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from capgate.caps import CapsConfig, CapsError, load_caps
+from capgate.broker.errors import CapgateError
+from capgate.broker.home import Home
+from capgate.broker.store import ControlStore
+from capgate.caps import AuthTransform, CapsConfig, CapsError, load_caps
 
 
 def register(main: click.Group) -> None:
@@ -96,14 +99,56 @@ def _print_summary(caps_file: Path, summary: dict[str, Any]) -> None:
 
 
 def _missing_references(config: CapsConfig, ctx: Any) -> list[str]:
-    """HOOK (to be wired by the lead once broker/'s store exists).
+    """One warning per credential or secret the file uses that the store does not hold.
 
-    Should return one warning per credential or secret name the file uses that does not
-    exist in the store of `ctx.home` for `ctx.org` (or exists with a different provider
-    than the auth transform names). Until then, and whenever the home has not been
-    initialised, there is nothing to compare against: no warnings.
+    A credential that exists under another provider than the auth transform names is
+    reported too. No home, or an uninitialised one, means nothing to compare against:
+    the file is checked on its own and no warnings are given.
     """
-    home = getattr(ctx, "home", None)
-    if home is None or not Path(home).exists():
+    home = Home(Path(ctx.home))
+    try:
+        home.require_initialized()
+        store = ControlStore.open(home)
+    except CapgateError:
         return []
-    return []
+    try:
+        return _compare_with_store(config, store, ctx.org)
+    finally:
+        store.close()
+
+
+def _compare_with_store(config: CapsConfig, store: ControlStore, org: str) -> list[str]:
+    try:
+        org_id = store.org_id(org)
+    except CapgateError:
+        org_id = None
+    stored_providers: dict[str, set[str]] = {}
+    for row in store.query("SELECT name, provider FROM credentials WHERE org_id = ?", (org_id,)):
+        stored_providers.setdefault(row["name"], set()).add(row["provider"])
+    stored_secrets = {
+        row["name"] for row in store.query("SELECT name FROM secrets WHERE org_id = ?", (org_id,))
+    }
+    warnings: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for capability in config.capabilities:
+        for transform in capability.transforms:
+            if isinstance(transform, AuthTransform):
+                key = (transform.credential, transform.provider)
+                if key in seen:
+                    continue
+                seen.add(key)
+                providers = stored_providers.get(transform.credential)
+                if not providers:
+                    warnings.append(
+                        f"credential {transform.credential!r} (capability {capability.name!r}) "
+                        f"does not exist in org {org!r}"
+                    )
+                elif transform.provider not in providers:
+                    warnings.append(
+                        f"credential {transform.credential!r} is stored with provider "
+                        f"{'/'.join(sorted(providers))}, but capability {capability.name!r} "
+                        f"uses it as {transform.provider}"
+                    )
+    for name in sorted({n for c in config.capabilities for n in c.secrets} - stored_secrets):
+        warnings.append(f"secret {name!r} does not exist in org {org!r}")
+    return warnings

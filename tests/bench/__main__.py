@@ -4,9 +4,9 @@
                           [--no-pin] [--stock-only]
 
 Every process (upstream, proxies, load generators) is a child of this one and is stopped
-when it ends. Every figure that compares the two proxies is a ratio or a difference
-between runs of the same run, interleaved (stock, capgate, stock, capgate, ...), so that
-noise from the machine hits both alike. See BENCHMARKS.md for what each figure means.
+when it ends. Every figure that compares two proxies is a ratio or a difference between
+runs of this same invocation, interleaved (A, B, B, A, ...) so that noise from the
+machine hits both alike. BENCHMARKS.md says what each figure means.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from tests.bench.procs import (
 from tests.bench.upstream import Upstream, start_upstream
 
 HOST = "127.0.0.1"
-UNMATCHED = ("unmatched.bench.example", 443)
+UNMATCHED = ("unmatched.bench.example", 443)  # no capability matches it
 SSE_PATH = "/sse?events=5&gap_ms=200"
 OAUTH_CLIENT = ("bench-client", "bench-client-secret-0123456789")
 Result = dict[str, Any]
@@ -48,8 +48,8 @@ Result = dict[str, Any]
 class Settings:
     duration: float  # seconds per throughput run
     rounds: int  # interleaved rounds per comparison
-    latency_requests: int  # sequential requests per unloaded-latency run
-    memory_points: tuple[int, ...]  # capgate RSS after this many requests in total
+    latency_requests: int  # sequential requests per unloaded-latency run (capped at 2 x duration)
+    memory_points: tuple[int, ...]  # capgate RSS after at least this many requests in total
     caps: int = 1000
     pin: bool = True
     stock_only: bool = False
@@ -60,36 +60,39 @@ class Bench:
     settings: Settings
     procs: Procs
     up: Upstream
-    served: dict[str, int] = field(default_factory=dict)  # proxy name -> requests so far
+    served: dict[str, int] = field(default_factory=dict)  # proxy -> requests so far
+    rss: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (served, KiB)
 
-    def load(self, proxy: Proxy, mode: str, port: int, **kw: Any) -> Result:
+    def load(self, proxy: Proxy, mode: str, port: int, **options: Any) -> Result:
         """One load-generator process against `proxy`; adds the proxy's CPU per request."""
-        host = kw.pop("host", HOST)
+        host = options.pop("host", HOST)
         cmd = [sys.executable, "-m", "tests.bench.loadgen", "--proxy", proxy.address]
         cmd += ["--target", f"{host}:{port}", "--mode", mode, "--ca", str(proxy.ca_pem)]
         if proxy.auth:
             cmd += ["--auth", proxy.auth]
         if self.procs.side_cpu is not None:
             cmd += ["--cpu", str(self.procs.side_cpu)]
-        for key, value in kw.items():
+        for key, value in options.items():
             cmd += [f"--{key}", str(value)]
         cpu0 = cpu_seconds(proxy.proc.pid)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
         if done.returncode != 0:
             raise RuntimeError(f"loadgen failed: {done.stderr[-1500:]}")
         result: Result = json.loads(done.stdout)
-        handled = result["requests"] + int(kw.get("connections", 8))  # + warm-up requests
-        result["proxy_cpu_ms_per_req"] = round(
-            (cpu_seconds(proxy.proc.pid) - cpu0) * 1000 / max(1, handled), 3
-        )
+        handled = result["requests"] + int(options.get("connections", 8))  # + warm-up
+        cpu_ms = (cpu_seconds(proxy.proc.pid) - cpu0) * 1000
+        result["proxy_cpu_ms_per_req"] = round(cpu_ms / max(1, handled), 3)
         self.served[proxy.name] = self.served.get(proxy.name, 0) + handled
+        self.rss.setdefault(proxy.name, []).append(
+            (self.served[proxy.name], rss_kib(proxy.proc.pid))
+        )
         return result
 
 
 def median_of(runs: list[Result]) -> Result:
     """The per-figure median over rounds (rps, latencies, CPU); counts summed."""
-    keys = ("rps", "p50_ms", "p90_ms", "p99_ms", "proxy_cpu_ms_per_req", "ttfb_p50_ms")
-    out: Result = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys if k in runs[0]}
+    keys = ("rps", "p50_ms", "p90_ms", "p99_ms", "proxy_cpu_ms_per_req")
+    out: Result = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
     out["requests"] = sum(r["requests"] for r in runs)
     out["ok"] = sum(r["ok"] for r in runs)
     out["errors"] = sum(sum(r["errors"].values()) for r in runs)
@@ -98,41 +101,43 @@ def median_of(runs: list[Result]) -> Result:
     return out
 
 
-def compare(bench: Bench, proxies: list[Proxy], mode: str, port: int, **kw: Any) -> Result:
-    runs: dict[str, list[Result]] = {p.name: [] for p in proxies}
-    for i in range(bench.settings.rounds):
-        for proxy in proxies if i % 2 == 0 else proxies[::-1]:  # alternate who goes first
-            runs[proxy.name].append(bench.load(proxy, mode, port, **kw))
+def compare(bench: Bench, pair: list[Proxy], mode: str, port: int, **options: Any) -> Result:
+    """Interleaved rounds on each proxy; with two, the second's figures relative to the first."""
+    runs: dict[str, list[Result]] = {p.name: [] for p in pair}
+    for i in range(options.pop("rounds", bench.settings.rounds)):
+        for proxy in pair if i % 2 == 0 else pair[::-1]:  # alternate who goes first
+            runs[proxy.name].append(bench.load(proxy, mode, port, **options))
     out: Result = {name: median_of(rs) for name, rs in runs.items()}
-    if "stock" in out and "capgate" in out:
-        s, c = out["stock"], out["capgate"]
-        out["ratio_rps"] = round(c["rps"] / s["rps"], 3) if s["rps"] else None
-        out["added_p50_ms"] = round(c["p50_ms"] - s["p50_ms"], 3)
-        out["added_p99_ms"] = round(c["p99_ms"] - s["p99_ms"], 3)
-        out["ratio_cpu_per_req"] = round(c["proxy_cpu_ms_per_req"] / s["proxy_cpu_ms_per_req"], 3)
+    if len(pair) == 2:
+        base, other = out[pair[0].name], out[pair[1].name]
+        out["ratio_rps"] = round(other["rps"] / base["rps"], 3)
+        out["added_p50_ms"] = round(other["p50_ms"] - base["p50_ms"], 3)
+        out["added_p99_ms"] = round(other["p99_ms"] - base["p99_ms"], 3)
+        cpu_ratio = other["proxy_cpu_ms_per_req"] / base["proxy_cpu_ms_per_req"]
+        out["ratio_cpu_per_req"] = round(cpu_ratio, 3)
     return out
 
 
 def machine() -> Result:
+    from mitmproxy.version import VERSION
+
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    from mitmproxy.version import VERSION
-
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "mitmproxy": VERSION,
-        "load_avg_at_start": os.getloadavg(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def scaling() -> Result:
-    """Match time by capability count (tests/bench/bench_caps.py, when it exists)."""
+def match_scaling() -> Result:
+    """Match time by capability count (tests/bench/bench_caps.py, owned by caps/)."""
     if importlib.util.find_spec("tests.bench.bench_caps") is None:
         return {"skipped": "tests/bench/bench_caps.py not present yet"}
     from tests.bench import bench_caps
@@ -140,7 +145,7 @@ def scaling() -> Result:
     return dict(bench_caps.run())
 
 
-def decisions() -> Result:
+def decision_writer() -> Result:
     try:
         from tests.bench import bench_decisions
 
@@ -158,7 +163,7 @@ def run_all(settings: Settings, workdir: Path, report: Result) -> None:
         report["pinning"] = (
             {"proxy_cpu": procs.proxy_cpu, "loadgen_and_upstream_cpu": procs.side_cpu}
             if procs.pinned
-            else "off (fewer than 2 usable cores, or --no-pin)"
+            else "off"
         )
         up = start_upstream(procs, workdir, pki.ca_pem, pki.server_cert_pem, pki.server_key_pem)
         report["upstream"] = up.kind
@@ -172,177 +177,221 @@ def run_all(settings: Settings, workdir: Path, report: Result) -> None:
             name="stock-stream",
             options=lazy | {"stream_large_bodies": "1"},
         )
-        proxies = [stock]
-        oauth = None
         why_not = "--stock-only" if settings.stock_only else capgate_available()
-        if why_not is None:
-            from tests.oauth_server import OAuthServer
-
-            oauth = stack.enter_context(OAuthServer())
-            oauth.add_client(*OAUTH_CLIENT, grant_types=("client_credentials",))
-            targets = [
-                (HOST, p)
-                for p in (up.http_port, up.https_port, up.sse_http_port, up.sse_https_port)
-            ]
-            setup = start_capgate(
-                procs,
-                workdir,
-                pki.ca_pem,
-                targets,
-                count=settings.caps,
-                token_url=oauth.token_url,
-                client=OAUTH_CLIENT,
-            )
-            report["capgate"] = {
-                "capabilities": settings.caps,
-                "credential_kind": setup.credential_kind,
-                "startup_s": round(setup.startup_s, 2),
-            }
-            proxies.append(setup.proxy)
-        else:
+        if why_not is not None:
             report["capgate"] = {"skipped": why_not}
-        sections(bench, report, proxies, streaming, oauth)
+            stock_sections(bench, report, stock, streaming)
+            return
+        from tests.oauth_server import OAuthServer
 
-
-def sections(
-    bench: Bench, report: Result, proxies: list[Proxy], streaming: Proxy, oauth: Any
-) -> None:
-    s, up = bench.settings, bench.up
-    capgate = next((p for p in proxies if p.name == "capgate"), None)
-    step = lambda name: print(f"[bench] {name} ...", file=sys.stderr, flush=True)  # noqa: E731
-
-    if capgate is not None:
-        step("capgate first requests (mints the OAuth token)")
+        oauth = stack.enter_context(OAuthServer())
+        oauth.add_client(*OAUTH_CLIENT, grant_types=("client_credentials",))
+        ports = (up.http_port, up.https_port, up.sse_http_port, up.sse_https_port)
+        setup = start_capgate(
+            procs,
+            workdir,
+            pki.ca_pem,
+            [(HOST, port) for port in ports],
+            count=settings.caps,
+            token_url=oauth.token_url,
+            client=OAUTH_CLIENT,
+        )
+        report["capgate"] = {
+            "capabilities": settings.caps,
+            "credential_kind": setup.credential_kind,
+            "startup_s": round(setup.startup_s, 2),
+        }
+        capgate = setup.proxy
+        step("capgate's first requests (one OAuth mint)")
         first = bench.load(capgate, "https", up.https_port, connections=4, requests=200)
         report["capgate"]["first_run"] = {k: first[k] for k in ("statuses", "errors")}
-        calls_after_first = len(oauth.calls)
+        calls_after_first, served_after_first = len(oauth.calls), bench.served["capgate"]
+        stock_sections(bench, report, stock, streaming, capgate, setup.without_decisions)
+        capgate_sections(bench, report, capgate, setup.without_decisions)
+        report["token_endpoint"] = {
+            "calls_total": len(oauth.calls),
+            "calls_after_first_run": len(oauth.calls) - calls_after_first,
+            "requests_after_first_run": bench.served["capgate"] - served_after_first,
+        }
+        report["memory"] = {name: bench.rss[name] for name in ("capgate", "stock")}
+
+
+def step(name: str) -> None:
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+
+
+def stock_sections(
+    bench: Bench, report: Result, stock: Proxy, streaming: Proxy, *more: Proxy
+) -> None:
+    """Every stock-vs-capgate comparison (stock alone when capgate cannot run)."""
+    s, up = bench.settings, bench.up
+    pair = [stock, *more[:1]]
     step("warm-up: every proxy, plain and HTTPS, 1 s each")
-    for proxy in [*proxies, streaming]:
+    for proxy in (stock, streaming, *more):
         bench.load(proxy, "http", up.http_port, connections=8, duration=1)
         bench.load(proxy, "https", up.https_port, connections=8, duration=1)
-    if capgate is not None:
-        rss = {str(bench.served["capgate"]): rss_kib(capgate.proc.pid)}
-        report["memory"] = {"capgate_rss_kib": rss}
-
     step("throughput, keep-alive, plain HTTP")
-    report["throughput_http"] = compare(
-        bench, proxies, "http", up.http_port, connections=16, duration=s.duration
-    )
+    keep_alive = {"connections": 16, "duration": s.duration}
+    report["throughput_http"] = compare(bench, pair, "http", up.http_port, **keep_alive)
     step("throughput, keep-alive, HTTPS via CONNECT")
-    report["throughput_https"] = compare(
-        bench, proxies, "https", up.https_port, connections=16, duration=s.duration
-    )
+    report["throughput_https"] = compare(bench, pair, "https", up.https_port, **keep_alive)
     step("new TLS tunnel per request")
-    report["new_tunnel"] = compare(
-        bench, proxies, "https-new", up.https_port, connections=8, duration=s.duration
-    )
+    new = {"connections": 8, "duration": s.duration}
+    report["new_tunnel"] = compare(bench, pair, "https-new", up.https_port, **new)
     step("unloaded latency, one connection")
-    report["latency_http"] = compare(
-        bench, proxies, "http", up.http_port, connections=1, requests=s.latency_requests
-    )
-    report["latency_https"] = compare(
-        bench, proxies, "https", up.https_port, connections=1, requests=s.latency_requests
-    )
+    one = {"connections": 1, "requests": s.latency_requests, "duration": 2 * s.duration}
+    report["latency_http"] = compare(bench, pair, "http", up.http_port, **one)
+    report["latency_https"] = compare(bench, pair, "https", up.https_port, **one)
     step("SSE time to first byte")
-    sse = [*proxies, streaming]
     report["sse_ttfb"] = {
         p.name: bench.load(p, "ttfb", up.sse_https_port, connections=1, requests=5, path=SSE_PATH)
-        for p in sse
+        for p in (stock, streaming, *more[:1])
     }
-    if capgate is None:
-        return
 
+
+def capgate_sections(bench: Bench, report: Result, capgate: Proxy, nodecisions: Proxy) -> None:
+    s, up = bench.settings, bench.up
     step("refused tunnel (no capability matches) vs intercepted tunnel")
     refused = bench.load(
         capgate, "connect", UNMATCHED[1], host=UNMATCHED[0], connections=8, duration=s.duration
     )
     intercepted = report["new_tunnel"]["capgate"]
     report["refused_tunnel"] = {
-        "capgate_refused": refused,
-        "capgate_intercepted_rps": intercepted["rps"],
-        "ratio_rps_refused_vs_intercepted": round(refused["rps"] / intercepted["rps"], 2),
-        "ratio_cpu_refused_vs_intercepted": round(
+        "refused": refused,
+        "intercepted_rps": intercepted["rps"],
+        "ratio_rps": round(refused["rps"] / intercepted["rps"], 2),
+        "ratio_cpu_per_tunnel": round(
             refused["proxy_cpu_ms_per_req"] / intercepted["proxy_cpu_ms_per_req"], 3
         ),
     }
-
-    step("memory: top up to the request-count checkpoints")
-    rss = report["memory"]["capgate_rss_kib"]
+    step("policy_decision recording: capgate with vs without")
+    pair = [nodecisions, capgate]
+    rounds = min(2, s.rounds)
+    report["decisions_throughput"] = compare(
+        bench, pair, "https", up.https_port, connections=16, duration=s.duration, rounds=rounds
+    )
+    report["decisions_latency"] = compare(
+        bench,
+        pair,
+        "https",
+        up.https_port,
+        connections=1,
+        requests=s.latency_requests,
+        duration=2 * s.duration,
+        rounds=rounds,
+    )
+    step(f"memory: load capgate up to {s.memory_points[-1]} requests")
     for point in s.memory_points:
         missing = point - bench.served["capgate"]
         if missing > 0:
             bench.load(capgate, "https", up.https_port, connections=16, requests=missing)
-        rss[str(bench.served["capgate"])] = rss_kib(capgate.proc.pid)
-    report["memory"]["stock_rss_kib_at_end"] = {
-        str(bench.served["stock"]): rss_kib(proxies[0].proc.pid)
-    }
-    report["token_endpoint"] = {
-        "calls_total": len(oauth.calls),
-        "calls_after_first_run": len(oauth.calls) - calls_after_first,
-        "requests_after_first_run": bench.served["capgate"] - first["requests"] - 4,
-        "per_request_after_first_run": round(
-            (len(oauth.calls) - calls_after_first)
-            / max(1, bench.served["capgate"] - first["requests"] - 4),
-            6,
-        ),
-    }
+
+
+# -- the report ------------------------------------------------------------------------------
+
+WORKLOADS = (
+    ("throughput_http", "plain HTTP keep-alive, 16 conns"),
+    ("throughput_https", "HTTPS CONNECT keep-alive, 16 conns"),
+    ("new_tunnel", "new TLS tunnel per request, 8 conns"),
+    ("latency_http", "plain HTTP, 1 conn (unloaded)"),
+    ("latency_https", "HTTPS CONNECT, 1 conn (unloaded)"),
+    ("decisions_throughput", "decisions on vs off: HTTPS keep-alive, 16 conns"),
+    ("decisions_latency", "decisions on vs off: HTTPS, 1 conn"),
+)
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.1f} MiB"
 
 
 def render(report: Result) -> str:
-    """The report as Markdown (pasted into BENCHMARKS.md)."""
+    """The report as Markdown (what BENCHMARKS.md quotes)."""
     m = report["machine"]
     out = [
         f"Machine: {m['nproc']} x {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
-        f"mitmproxy {m['mitmproxy']}; upstream {report.get('upstream')}; pinning "
-        f"{report.get('pinning')}; load average at start {m['load_avg_at_start']}.",
+        f"mitmproxy {m['mitmproxy']}; upstream: {report.get('upstream')}; pinning: "
+        f"{report.get('pinning')}; load average at start: {m['load_avg_at_start']}.",
         "",
+        "| workload | proxy | req/s | p50 ms | p99 ms | proxy CPU ms/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    head = "| workload | proxy | req/s | p50 ms | p99 ms | proxy CPU ms/req | errors |"
-    rows = [head, "|---|---|---:|---:|---:|---:|---:|"]
-    ratios = ["", "| workload | req/s ratio | added p50 ms | added p99 ms | CPU/req ratio |"]
-    ratios.append("|---|---:|---:|---:|---:|")
-    for key, label in (
-        ("throughput_http", "plain HTTP keep-alive, 16 conns"),
-        ("throughput_https", "HTTPS CONNECT keep-alive, 16 conns"),
-        ("new_tunnel", "new TLS tunnel per request, 8 conns"),
-        ("latency_http", "plain HTTP, 1 conn (unloaded)"),
-        ("latency_https", "HTTPS CONNECT, 1 conn (unloaded)"),
-    ):
+    ratios = [
+        "| workload | B vs A | req/s ratio | added p50 ms | added p99 ms | CPU/req ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for key, label in WORKLOADS:
         section = report.get(key, {})
-        for name in ("stock", "capgate"):
-            r = section.get(name)
-            if r:
-                rows.append(
-                    f"| {label} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                    f"| {r['proxy_cpu_ms_per_req']:.2f} | {r['errors']} |"
-                )
+        names = [n for n, v in section.items() if isinstance(v, dict)]
+        for name in names:
+            r = section[name]
+            out.append(
+                f"| {label} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {r['proxy_cpu_ms_per_req']:.2f} | {r['errors']} |"
+            )
         if "ratio_rps" in section:
             ratios.append(
-                f"| {label} | {section['ratio_rps']:.2f}x | {section['added_p50_ms']:+.2f} | "
-                f"{section['added_p99_ms']:+.2f} | {section['ratio_cpu_per_req']:.2f}x |"
+                f"| {label} | {names[1]} vs {names[0]} | {section['ratio_rps']:.2f}x "
+                f"| {section['added_p50_ms']:+.2f} | {section['added_p99_ms']:+.2f} "
+                f"| {section['ratio_cpu_per_req']:.2f}x |"
             )
-    out += rows + (ratios if len(ratios) > 3 else [])
+    if len(ratios) > 2:
+        out += ["", *ratios]
     out += [
         "",
-        "| SSE (5 events, 200 ms apart, HTTPS) | TTFB p50 ms | total p50 ms |",
-        "|---|---:|---:|",
+        "| SSE: 5 events 200 ms apart, HTTPS | TTFB p50 ms | complete p50 ms | ok | errors |",
+        "|---|---:|---:|---:|---|",
     ]
     for name, r in report.get("sse_ttfb", {}).items():
-        out.append(f"| {name} | {r['ttfb_p50_ms']:.1f} | {r['p50_ms']:.1f} |")
+        errors = r["errors"] and f"{r['errors']} {r['error_examples']}"
+        out.append(
+            f"| {name} | {r['ttfb_p50_ms']:.1f} | {r['p50_ms']:.1f} | {r['ok']} | {errors or 0} |"
+        )
     if "refused_tunnel" in report:
-        rt = report["refused_tunnel"]
-        ref = rt["capgate_refused"]
+        rt, ref = report["refused_tunnel"], report["refused_tunnel"]["refused"]
         out += [
             "",
-            f"Refused tunnel (CONNECT to a host no capability matches): {ref['rps']:.0f} req/s, "
-            f"p50 {ref['p50_ms']:.2f} ms, proxy CPU {ref['proxy_cpu_ms_per_req']:.2f} ms, "
-            f"statuses {ref['statuses']}; vs an intercepted new tunnel "
-            f"{rt['capgate_intercepted_rps']:.0f} req/s: {rt['ratio_rps_refused_vs_intercepted']}x "
-            f"the rate at {rt['ratio_cpu_refused_vs_intercepted']}x the CPU.",
+            f"Refused tunnel (CONNECT to a host no capability matches, answered "
+            f"{ref['statuses']}): {ref['rps']:.0f}/s, p50 {ref['p50_ms']:.2f} ms, proxy CPU "
+            f"{ref['proxy_cpu_ms_per_req']:.2f} ms per tunnel; an intercepted new tunnel: "
+            f"{rt['intercepted_rps']:.0f}/s. Refusing runs at {rt['ratio_rps']}x the rate for "
+            f"{rt['ratio_cpu_per_tunnel']}x the proxy CPU.",
         ]
-    for key in ("memory", "token_endpoint", "capgate", "match_scaling", "decision_writer"):
-        if key in report:
-            out += ["", f"{key}: `{json.dumps(report[key])}`"]
+    if "memory" in report:
+        out += ["", "Resident memory (VmRSS) after N requests through each proxy:"]
+        for name, series in report["memory"].items():
+            points = ", ".join(f"{_mib(kib)} @ {n}" for n, kib in series[:1] + series[-4:])
+            out.append(f"- {name}: {points}")
+    if "token_endpoint" in report:
+        t = report["token_endpoint"]
+        out += [
+            "",
+            f"Token endpoint: {t['calls_total']} call(s) in all; {t['calls_after_first_run']} "
+            f"during the {t['requests_after_first_run']} requests after the first 200.",
+        ]
+    scaling = report.get("match_scaling", {})
+    if "match" in scaling:
+        out += ["", "| capabilities | match µs/request | vs 10 | caps file load ms |"]
+        out.append("|---:|---:|---:|---:|")
+        for count, f in scaling["match"].items():
+            out.append(
+                f"| {count} | {f['match_seconds'] * 1e6:.2f} | {f['ratio_to_10']:.2f}x "
+                f"| {f['load_seconds'] * 1e3:.0f} |"
+            )
+        cel = ", ".join(f"{k} {v * 1e6:.0f} µs" for k, v in scaling.get("cel", {}).items())
+        out += ["", f"CEL evaluate() per call: {cel}."]
+    elif scaling:
+        out += ["", f"Match scaling: {scaling}"]
+    writer = report.get("decision_writer", {})
+    if "rows_per_s" in writer:
+        out += [
+            "",
+            f"policy_decision writer: {writer['rows_per_s']} rows/s end to end "
+            f"({writer['written']}/{writer['rows']} written, {writer['dropped']} dropped); "
+            f"record() {writer['record_us_per_row']} µs/row on the hot path; "
+            f"{writer['cpu_us_per_row']} µs of process CPU per row in all.",
+        ]
+    if "capgate" in report:
+        out += ["", f"capgate set-up: `{json.dumps(report['capgate'])}`"]
     out += ["", f"Total wall time: {report.get('wall_s')} s."]
     return "\n".join(out)
 
@@ -351,18 +400,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path(tempfile.gettempdir()) / "capgate-bench.json"
-    )
-    parser.add_argument("--long", action="store_true", help="memory checkpoint at 100k requests")
+    default_out = Path(tempfile.gettempdir()) / "capgate-bench.json"
+    parser.add_argument("--out", type=Path, default=default_out, help="JSON figures file")
+    parser.add_argument("--long", action="store_true", help="memory up to 100k requests")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per comparison (3)")
-    parser.add_argument("--duration", type=float, help="seconds per throughput run (5)")
+    parser.add_argument("--duration", type=float, help="seconds per throughput run (4)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--stock-only", action="store_true", help="skip the capgate half")
     args = parser.parse_args(argv)
     settings = Settings(
-        duration=args.duration or (1.5 if args.quick else 5.0),
+        duration=args.duration or (1.5 if args.quick else 4.0),
         rounds=args.rounds or (1 if args.quick else 3),
         latency_requests=300 if args.quick else 1000,
         memory_points=(2_000, 5_000) if args.quick else (10_000, 100_000 if args.long else 30_000),
@@ -370,13 +418,13 @@ def main(argv: list[str] | None = None) -> None:
         stock_only=args.stock_only,
     )
     started = time.monotonic()
-    report: Result = {"machine": machine(), "settings": settings.__dict__.copy()}
+    report: Result = {"machine": machine(), "settings": asdict(settings)}
     with tempfile.TemporaryDirectory(prefix="capgate-bench-") as tmp:
         run_all(settings, Path(tmp), report)
-    print("[bench] match scaling and decision writer ...", file=sys.stderr, flush=True)
-    report["match_scaling"] = scaling()
+    step("match scaling and policy_decision writer (in this process)")
+    report["match_scaling"] = match_scaling()
     if not settings.stock_only:
-        report["decision_writer"] = decisions()
+        report["decision_writer"] = decision_writer()
     report["wall_s"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(render(report))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 
+import httpx
 import pytest
 from capgate.broker.errors import InvalidInput
 from capgate.broker.oauth import (
@@ -12,6 +14,7 @@ from capgate.broker.oauth import (
     Endpoints,
     MintError,
     ServiceAccount,
+    classify,
     sign_assertion,
 )
 from capgate.broker.providers import PROVIDERS
@@ -95,3 +98,18 @@ def test_override_json_object_round_trip(monkeypatch):
     urls = {"google": "http://127.0.0.1:1/token", "microsoft": "http://127.0.0.1:2/token"}
     monkeypatch.setenv(UNSAFE_TOKEN_ENV, json.dumps(urls))
     assert dict(Endpoints.from_env().token_overrides) == urls
+
+
+def test_a_token_endpoint_error_body_never_reaches_the_exception():
+    canary = "CANARY-echoed-9f0c"
+    body = {"error": "invalid_grant", "error_description": f"refresh_token={canary}"}
+    for response in (
+        httpx.Response(400, json=body),
+        httpx.Response(400, text=f"<p>{canary}</p>"),
+        httpx.Response(500, json={"error": canary}),
+    ):
+        with pytest.raises(MintError) as failure:
+            classify(response)
+        error = failure.value
+        shown = "".join(traceback.format_exception(error)) + repr(error) + str(error.args)
+        assert canary not in shown

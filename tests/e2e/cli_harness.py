@@ -36,6 +36,7 @@ class CliHome:
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`capgate ARGS` in a subprocess of its own."""
         done = subprocess.run(
             [*CAPGATE, *args], input=stdin, capture_output=True, text=True,
             env=self.env(), timeout=timeout,
@@ -44,14 +45,37 @@ class CliHome:
             raise AssertionError(f"capgate {' '.join(args)} -> {done.returncode}: {done.stderr}")
         return done
 
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        """`capgate ARGS` in this process (CliRunner): another process than the proxy's,
+        without paying the interpreter start-up."""
+        from click.testing import CliRunner
+
+        from capgate.proxy.cli import main
+
+        result = CliRunner().invoke(
+            main, ["--home", str(self.root), *args], input=stdin, env=self.extra_env,
+            catch_exceptions=False,
+        )
+        if result.exit_code != 0:
+            raise AssertionError(f"capgate {' '.join(args)} -> {result.exit_code}: "
+                                 f"{result.output}")
+        return result.stdout
+
     def workspace(self, role: str, user: str = "alice") -> tuple[str, str]:
-        created = json.loads(self.run("workspace", "create", "--role", role, "--user", user,
-                                      "--json").stdout)
+        created = json.loads(self.cli("workspace", "create", "--role", role, "--user", user,
+                                      "--json"))
         return created["id"], created["token"]
 
-    def decisions(self, *args: str) -> list[dict[str, Any]]:
-        out = self.run("decisions", "--json", "--limit", "1000", *args).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+    def decisions(self, *args: str, at_least: int = 0, wait: float = 3.0) -> list[dict[str, Any]]:
+        """Rows via `capgate decisions --json`; waits up to `wait` s for `at_least` rows
+        (a running proxy writes them in batches, off the request path)."""
+        deadline = time.monotonic() + wait
+        while True:
+            out = self.cli("decisions", "--json", "--limit", "1000", *args)
+            rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+            if len(rows) >= at_least or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
 
 
 @dataclass

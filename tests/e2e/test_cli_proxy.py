@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,22 +61,31 @@ def dead_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def cli_home(tmp_path: Path) -> CliHome:
+@pytest.fixture(scope="module")
+def template_home(tmp_path_factory: pytest.TempPathFactory) -> CliHome:
     home = CliHome(
-        tmp_path / "home",
+        tmp_path_factory.mktemp("template") / "home",
         # The graph credential's token endpoint is a closed port: every mint fails.
         {"CAPGATE_UNSAFE_TOKEN_ENDPOINTS": json.dumps({"microsoft": "http://127.0.0.1:9/t"})},
     )
-    home.run("init")
-    home.run("user", "add", "alice")
-    home.run("cred", "add", "github", "--provider", "github_pat", "--kind", "api_key",
+    home.cli("init")
+    home.cli("user", "add", "alice")
+    home.cli("cred", "add", "github", "--provider", "github_pat", "--kind", "api_key",
              stdin=GITHUB)
-    home.run("cred", "add", "graph", "--provider", "microsoft", "--kind",
+    home.cli("cred", "add", "graph", "--provider", "microsoft", "--kind",
              "oauth2_client_credentials", "--config", "tenant_id=t1", "--config",
              "client_id=c1", stdin=MS_CLIENT_SECRET)
-    home.run("secret", "set", "tenant-id", stdin=TENANT)
+    home.cli("secret", "set", "tenant-id", stdin=TENANT)
+    home.cli("ca")
     return home
+
+
+@pytest.fixture
+def cli_home(template_home: CliHome, tmp_path: Path) -> CliHome:
+    """A fresh copy of the template home for each test."""
+    root = tmp_path / "home"
+    shutil.copytree(template_home.root, root)
+    return CliHome(root, dict(template_home.extra_env))
 
 
 @pytest.fixture
@@ -94,7 +104,7 @@ def proxy_process(cli_home: CliHome, caps_file: Path, pki: TestPki,
 
 
 def _ca(home: CliHome) -> Path:
-    return Path(home.run("ca").stdout.strip())
+    return Path(home.cli("ca").strip())
 
 
 def test_exec_runs_curl_with_the_credential_and_revokes_its_token(
@@ -115,10 +125,10 @@ def test_exec_runs_curl_with_the_credential_and_revokes_its_token(
     # and the workspace token no longer works
     proxy_url = done.stderr.strip().splitlines()[-1]
     token = proxy_url.split("agent:", 1)[1].split("@", 1)[0]
-    row = cli_home.decisions()[-1]
+    row = cli_home.decisions(at_least=1)[-1]
     assert (row["decision"], row["capability"], row["upstream_status"]) == (
         "allow", "github-api", 200)
-    assert cli_home.run("workspace", "list", "--json").stdout.count("revoked_at") >= 1
+    assert cli_home.cli("workspace", "list", "--json").count("revoked_at") >= 1
     assert token.startswith("cg")
 
 
@@ -145,14 +155,14 @@ def test_delete_and_revoke_in_another_process_apply_to_the_next_request(
     assert curl(proxy_process.url(token), ca, url)[0] == 200
     assert tls_upstream.log.items[-1].header("Authorization") == [f"Bearer {GITHUB}"]
     # when another process deletes the credential, the very next request goes without it
-    cli_home.run("cred", "delete", "github")
+    cli_home.cli("cred", "delete", "github")
     assert curl(proxy_process.url(token), ca, url)[0] == 200
     assert tls_upstream.log.items[-1].header("Authorization") == []
     # when another process revokes the workspace, the next request is refused
-    cli_home.run("workspace", "revoke", workspace_id)
+    cli_home.cli("workspace", "revoke", workspace_id)
     status, _ = curl(proxy_process.url(token), ca, url)
     assert status in (407, 0)  # curl reports a refused CONNECT as 407
-    rows = cli_home.decisions("--all-orgs")
+    rows = cli_home.decisions("--all-orgs", at_least=3)
     assert rows[-1]["reason"] == "proxy_auth"
     assert rows[-2]["auth_failures"] == {"github": "auth_unavailable"}
 
@@ -169,7 +179,7 @@ def test_sigterm_with_requests_in_flight_keeps_every_completed_row(
                              tls_upstream.url(path, host="localhost"))[0]
 
     threads = [threading.Thread(target=call, args=(f"/repos/fast{i}",)) for i in range(6)]
-    threads += [threading.Thread(target=call, args=(f"/repos/slow{i}?delay_ms=3000",))
+    threads += [threading.Thread(target=call, args=(f"/repos/slow{i}?delay_ms=1500",))
                 for i in range(3)]
     for t in threads:
         t.start()
