@@ -14,7 +14,6 @@ import logging
 import queue
 import secrets
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -29,11 +28,6 @@ from .types import ResolvedCredential
 log = logging.getLogger("capgate.broker.consent")
 
 CALLBACK_PATH = "/oauth/callback"
-# Provider quirks of the authorization request, as data (PROVIDERS.md, OAuth flows).
-AUTHORIZE_PARAMS: Mapping[str, Mapping[str, str]] = {
-    "google": {"access_type": "offline", "prompt": "consent"},
-}
-CONSENT_SCOPES: Mapping[str, tuple[str, ...]] = {"microsoft": ("offline_access",)}
 
 
 class ConsentError(Exception):
@@ -131,7 +125,7 @@ class Consent:
 
     @property
     def scopes(self) -> tuple[str, ...]:
-        extra = CONSENT_SCOPES.get(self.provider.slug, ())
+        extra = self.provider.oauth.consent_scopes if self.provider.oauth else ()
         return (*self.cred.scopes, *(s for s in extra if s not in self.cred.scopes))
 
     def authorization_url(self) -> str:
@@ -144,7 +138,7 @@ class Consent:
             "state": self.state,
             "code_challenge": create_s256_code_challenge(self._verifier.reveal()),
             "code_challenge_method": "S256",
-            **AUTHORIZE_PARAMS.get(self.provider.slug, {}),
+            **dict(self.provider.oauth.authorize_params if self.provider.oauth else ()),
         }
         base = self.endpoints.authorize_url(self.provider, config)
         return f"{base}{'&' if '?' in base else '?'}{urlencode(params)}"

@@ -163,9 +163,24 @@ class Credentials:
         """Replace the durable value (and/or the client secret); a new value makes it active.
 
         This is how an operator recovers a `needs_reauth` credential: upload a fresh key,
-        secret or refresh token.
+        secret or refresh token. It holds the credential's lock, like a mint does, so a mint
+        already under way with the old value cannot flip the new one to `needs_reauth`.
         """
         row = self.get(org_id, name, user)
+        with self._store.credential_lock(row.id):
+            return self._update(org_id, name, user, value, client_secret=client_secret, actor=actor)
+
+    def _update(
+        self,
+        org_id: str,
+        name: str,
+        user: str | None,
+        value: SecretValue | None,
+        *,
+        client_secret: SecretValue | None,
+        actor: str | None,
+    ) -> CredentialRow:
+        row = self.get(org_id, name, user)  # re-read under the lock
         errors = check_value(row.kind, value)
         if value is None and client_secret is None:
             errors.append(_missing_value())

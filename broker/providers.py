@@ -57,6 +57,10 @@ class OAuthEndpoints:
     token: str
     authorize: str | None = None
     default_scope: str | None = None  # client_credentials scope when none is configured
+    # Authorization-request quirks (PROVIDERS.md, OAuth flows): extra query parameters,
+    # and scopes that must be requested for a refresh token to be issued.
+    authorize_params: tuple[tuple[str, str], ...] = ()
+    consent_scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         oauth=OAuthEndpoints(
             token="https://oauth2.googleapis.com/token",
             authorize="https://accounts.google.com/o/oauth2/v2/auth",
+            authorize_params=(("access_type", "offline"), ("prompt", "consent")),
         ),
     ),
     Provider(
@@ -133,6 +138,7 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
             token="https://{login}/{tenant}/oauth2/v2.0/token",
             authorize="https://{login}/{tenant}/oauth2/v2.0/authorize",
             default_scope="{graph}/.default",
+            consent_scopes=("offline_access",),
         ),
     ),
     _api_key(
@@ -323,4 +329,6 @@ def oauth_urls(provider: Provider, config: Mapping[str, str]) -> OAuthEndpoints:
         token=ep.token.format(**fill),
         authorize=ep.authorize.format(**fill) if ep.authorize else None,
         default_scope=ep.default_scope.format(**fill) if ep.default_scope else None,
+        authorize_params=ep.authorize_params,
+        consent_scopes=ep.consent_scopes,
     )

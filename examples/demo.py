@@ -119,9 +119,10 @@ def run(work: Path) -> int:
     )
 
     show(
-        "what the agent sent and got back",
+        "what the agent sent, and the upstream's echo of Authorization as the agent got it",
         [
-            f"{c['method']:6} {c['path']:22} headers={c['sent_headers']} -> {c['status']}"
+            f"{c['method']:6} {c['path']:18} sent={c['sent_headers']} -> {c['status']} "
+            f"echo={_echoed_authorization(c)}"
             for c in calls
         ],
     )
@@ -163,6 +164,15 @@ def run(work: Path) -> int:
         ],
     )
     return verdict(agent, calls, received, values)
+
+
+def _echoed_authorization(call: dict) -> str:
+    """What the agent saw of the upstream's echo: scrubbed to [REDACTED:...] by capgate."""
+    try:
+        echo = json.loads(call["response"])["you_sent"]["headers"]
+    except (ValueError, KeyError, TypeError):
+        return "-"
+    return echo.get("Authorization") or echo.get("X-Internal-Auth") or "-"
 
 
 def verdict(

@@ -18,11 +18,10 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http
-from mitmproxy.utils import human
-
 from capgate.broker.types import Decision
 from capgate.caps import CapsError
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.utils import human
 
 from . import transforms
 from .flowstate import FlowState, finish, get_state, new_state
@@ -37,7 +36,7 @@ from .policy import (
 )
 from .ports import BrokerPort
 from .reload import CapsWatcher
-from .scrub import Scrubber, can_decode, scrubbing_stream
+from .scrub import Scrubber, can_decode, for_mitmproxy, scrubbing_stream
 from .session import Sessions
 from .tripwire import Tripwire
 
@@ -64,7 +63,9 @@ class CapgateAddon:
     def load(self, loader: Any) -> None:
         loader.add_option("capgate_caps", str, "", "Path of the caps.yaml file.")
         loader.add_option(
-            "capgate_body_limit", str, "10m",
+            "capgate_body_limit",
+            str,
+            "10m",
             "Largest request body capgate buffers for body transforms (413 above).",
         )
 
@@ -113,7 +114,11 @@ class CapgateAddon:
         return True
 
     def _deny(
-        self, flow: http.HTTPFlow, state: FlowState, status: int, reason: str,
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        status: int,
+        reason: str,
         decision: Decision = Decision.DENY,
     ) -> None:
         state.decision, state.reason = decision, reason
@@ -223,7 +228,7 @@ class CapgateAddon:
             def on_hit(label: str) -> None:
                 state.streamed_hit = label
 
-            flow.request.stream = state.tripwire.stream(on_hit)
+            flow.request.stream = for_mitmproxy(state.tripwire.stream(on_hit))
         else:
             flow.request.stream = True
 
@@ -231,7 +236,8 @@ class CapgateAddon:
         workspace = state.workspace
         logger.warning(
             "tripwire: request from workspace %s carries the value of %s; blocked",
-            workspace.id if workspace else "-", label,
+            workspace.id if workspace else "-",
+            label,
         )
         state.path = transforms.redacted_path(state, flow.request)
         self._deny(flow, state, 403, label, Decision.TRIPWIRE)
@@ -242,8 +248,11 @@ class CapgateAddon:
             return
         if state.streamed_hit is not None:
             label = state.streamed_hit
-            logger.warning("tripwire: a streamed request body carried the value of %s; "
-                           "the value was not forwarded and the flow was killed", label)
+            logger.warning(
+                "tripwire: a streamed request body carried the value of %s; "
+                "the value was not forwarded and the flow was killed",
+                label,
+            )
             state.decision, state.reason = Decision.TRIPWIRE, label
             flow.kill()
             return
@@ -276,7 +285,7 @@ class CapgateAddon:
         encoding = response.headers.get("content-encoding", "")
         if not can_decode(encoding):
             return  # cannot scrub a stream we cannot decode: buffer it instead
-        response.stream = scrubbing_stream(scrubber, encoding)
+        response.stream = for_mitmproxy(scrubbing_stream(scrubber, encoding))
         response.headers.pop("content-encoding", None)
         response.headers.pop("content-length", None)
         if not (flow.request.is_http2 or flow.request.is_http3):

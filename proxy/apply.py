@@ -13,11 +13,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from mitmproxy import http
-
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.types import WireCredential
 from capgate.caps import BodyEdit, HeaderEdit, PathEdit, QueryEdit, apply_body_edit
+from mitmproxy import http
 
 MAX_HEADER_VALUE = 8192
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
@@ -25,8 +24,17 @@ _BAD_VALUE = re.compile(r"[\r\n\x00]")
 # Headers that frame the message or steer the connection: a transform never touches them.
 FORBIDDEN_HEADERS = frozenset(
     {
-        "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
-        "trailer", "upgrade", "proxy-authorization", "proxy-connection", "expect",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "expect",
     }
 )
 

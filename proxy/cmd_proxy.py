@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-
 from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
@@ -39,11 +38,16 @@ logger = logging.getLogger("capgate.proxy")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 caps_option = click.option(
-    "--caps", "caps_path", required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The caps.yaml file.",
+    "--caps",
+    "caps_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The caps.yaml file.",
 )
 upstream_ca_option = click.option(
-    "--upstream-ca", "upstream_cas", multiple=True,
+    "--upstream-ca",
+    "upstream_cas",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A PEM CA to trust for upstream TLS, besides the public roots (repeatable).",
 )
@@ -80,8 +84,12 @@ def _open_broker(home: Path):  # -> Broker
 @caps_option
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT.")
 @upstream_ca_option
-@click.option("--body-limit", default="10m", show_default=True,
-              help="Largest request body buffered for body transforms (413 above).")
+@click.option(
+    "--body-limit",
+    default="10m",
+    show_default=True,
+    help="Largest request body buffered for body transforms (413 above).",
+)
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never values).")
 @click.pass_context
@@ -91,11 +99,16 @@ def proxy_command(ctx, caps_path, listen, upstream_cas, body_limit, access_log, 
     _check_caps(caps_path)
     host, port = _parse_listen(listen)
     if host not in LOOPBACK:
-        logger.warning("listening on %s: reachable beyond this machine (tokens still required)",
-                       host)
+        logger.warning(
+            "listening on %s: reachable beyond this machine (tokens still required)", host
+        )
     settings = ProxySettings(
-        home=ctx.obj.home, caps_path=caps_path, listen_host=host, listen_port=port,
-        upstream_cas=tuple(upstream_cas), body_limit=body_limit,
+        home=ctx.obj.home,
+        caps_path=caps_path,
+        listen_host=host,
+        listen_port=port,
+        upstream_cas=tuple(upstream_cas),
+        body_limit=body_limit,
     )
     try:
         broker = _open_broker(ctx.obj.home)
@@ -120,12 +133,25 @@ def agent_environment(
 ) -> dict[str, str]:
     """CMD's environment: proxy variables, NO_PROXY, and every common CA-trust variable."""
     env = dict(base)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-                 "ALL_PROXY", "all_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         env[name] = proxy_url
     env["NO_PROXY"] = env["no_proxy"] = no_proxy
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
-                 "PIP_CERT", "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO"):
+    for name in (
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "PIP_CERT",
+        "AWS_CA_BUNDLE",
+        "CARGO_HTTP_CAINFO",
+    ):
         env[name] = str(bundle)
     env["NODE_EXTRA_CA_CERTS"] = str(ca_cert)  # added to Node's own roots
     env["NODE_USE_ENV_PROXY"] = "1"  # Node's built-in fetch honours HTTP(S)_PROXY
@@ -162,8 +188,11 @@ def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbos
     try:
         proxy.start()
         env = agent_environment(
-            dict(os.environ), f"http://agent:{token}@127.0.0.1:{proxy.port}",
-            client_trust_bundle(home), ca_cert_path(home), no_proxy,
+            dict(os.environ),
+            f"http://agent:{token}@127.0.0.1:{proxy.port}",
+            client_trust_bundle(home),
+            ca_cert_path(home),
+            no_proxy,
         )
         code = _run_child(list(command), env)
     finally:
@@ -205,10 +234,19 @@ def _row_line(stored: StoredDecision) -> str:
         extra.append("failed=" + ",".join(f"{k}:{v}" for k, v in d.transforms_failed.items()))
     if d.auth_failures:
         extra.append("auth=" + ",".join(f"{k}:{v}" for k, v in d.auth_failures.items()))
-    return "  ".join([
-        at, f"{outcome:<24}", f"{d.method:<7}", f"{d.host}:{d.port}{d.path}", status,
-        duration, d.capability or "-", d.workspace_id or "-", *extra,
-    ])
+    return "  ".join(
+        [
+            at,
+            f"{outcome:<24}",
+            f"{d.method:<7}",
+            f"{d.host}:{d.port}{d.path}",
+            status,
+            duration,
+            d.capability or "-",
+            d.workspace_id or "-",
+            *extra,
+        ]
+    )
 
 
 @click.command("decisions")

@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import http
-
 from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
+from mitmproxy import http
 
 from .policy import Destination
 from .ports import BrokerPort
@@ -68,9 +67,7 @@ def get_state(flow: http.HTTPFlow) -> FlowState | None:
     return state if isinstance(state, FlowState) else None
 
 
-def finish(
-    broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: int | None
-) -> None:
+def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: int | None) -> None:
     """Record the request's policy decision and access log line, once; drop the state."""
     flow.metadata.pop(KEY, None)
     if state.recorded:

@@ -90,13 +90,17 @@ class MemoryBroker:
 
     # -- filling it (tests, replay fixtures) ------------------------------------------------
 
-    def add_workspace(self, role: str, user: str = "alice", org: str = "default") -> tuple[
-        Workspace, str
-    ]:
+    def add_workspace(
+        self, role: str, user: str = "alice", org: str = "default"
+    ) -> tuple[Workspace, str]:
         """A workspace and its agent token (returned once, stored as SHA-256 only)."""
         workspace = Workspace(
-            id=f"ws_{next(self._ids)}", org_id=f"org_{org}", org=org, role=role,
-            user_id=f"user_{user}", user=user,
+            id=f"ws_{next(self._ids)}",
+            org_id=f"org_{org}",
+            org=org,
+            role=role,
+            user_id=f"user_{user}",
+            user=user,
         )
         token = "cg_" + secrets.token_urlsafe(24)
         self._tokens[hashlib.sha256(token.encode()).digest()] = workspace
@@ -123,8 +127,13 @@ class MemoryBroker:
         if chosen not in spec.kinds:
             raise ValueError(f"illegal pair: provider {provider} does not take kind {chosen}")
         row = ResolvedCredential(
-            id=f"cred_{next(self._ids)}", org_id=f"org_{org}", name=name, provider=provider,
-            kind=str(chosen), user_id=None, status="active",
+            id=f"cred_{next(self._ids)}",
+            org_id=f"org_{org}",
+            name=name,
+            provider=provider,
+            kind=str(chosen),
+            user_id=None,
+            status="active",
             provider_config=dict(config or {}),
         )
         self._credentials[(row.org_id, name)] = MemoryCredential(
@@ -172,8 +181,11 @@ class MemoryBroker:
                 values[name] = secret
                 patterns.extend(leak_patterns(f"secret:{name}", secret))
         return Activation(
-            workspace=workspace, credentials=credentials, secrets=values,
-            leak_patterns=tuple(patterns), generation=generation,
+            workspace=workspace,
+            credentials=credentials,
+            secrets=values,
+            leak_patterns=tuple(patterns),
+            generation=generation,
         )
 
     async def mint(self, activation: Activation, credential_name: str) -> MintOutcome:
@@ -189,7 +201,9 @@ class MemoryBroker:
             provider, entry.value, row.provider_config, oauth=Kind(row.kind) in OAUTH_KINDS
         )
         wire = WireCredential(
-            headers=wire.headers, query=wire.query, companion_headers=wire.companion_headers,
+            headers=wire.headers,
+            query=wire.query,
+            companion_headers=wire.companion_headers,
             companion_query=wire.companion_query,
             scrub=tuple(LeakPattern(credential_name, p.value) for p in wire.scrub),
             oauth=wire.oauth,

@@ -13,9 +13,8 @@ import binascii
 import json
 from dataclasses import dataclass
 
-from mitmproxy import http
-
 from capgate.caps import default_port, normalize_host
+from mitmproxy import http
 
 REALM = "capgate"
 PROXY_AUTHORIZATION = "Proxy-Authorization"

@@ -54,8 +54,9 @@ class CapsWatcher:
             return False
         self._stamp = stamp
         if stamp is None:
-            logger.error("%s: cannot read caps file; keeping the last good configuration",
-                         self.path)
+            logger.error(
+                "%s: cannot read caps file; keeping the last good configuration", self.path
+            )
             return False
         try:
             config = self._loader(self.path)

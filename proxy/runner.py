@@ -31,8 +31,22 @@ CA_BASENAME = "mitmproxy"  # mitmproxy's file names inside the confdir
 # Libraries whose DEBUG records are costly or can carry values (cel-python logs the
 # activation, secrets included). mitmproxy's own entry point sets the root to DEBUG.
 CHATTY_LOGGERS = (
-    "celpy", "lark", "hpack", "h2", "hyperframe", "asyncio", "tornado", "urwid", "quic",
-    "aioquic", "passlib", "httpx", "httpcore", "mitmproxy", "sqlite_utils", "authlib",
+    "celpy",
+    "lark",
+    "hpack",
+    "h2",
+    "hyperframe",
+    "asyncio",
+    "tornado",
+    "urwid",
+    "quic",
+    "aioquic",
+    "passlib",
+    "httpx",
+    "httpcore",
+    "mitmproxy",
+    "sqlite_utils",
+    "authlib",
 )
 
 

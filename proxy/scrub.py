@@ -33,6 +33,21 @@ def marker(label: str) -> bytes:
     return b"[REDACTED:" + label.encode("utf-8", "replace") + b"]"
 
 
+def proper_prefixes(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Every non-empty proper prefix of every value."""
+    return frozenset(v[:i] for v in values for i in range(1, len(v)))
+
+
+def hold_from(data: bytes, prefixes: frozenset[bytes], keep: int) -> int:
+    """Where the bytes start that must wait for the next chunk: the longest suffix of
+    `data` that could still grow into a pattern. Nothing else is held back, so a stream
+    whose chunks end cleanly (SSE events) is passed on without delay."""
+    for start in range(max(len(data) - keep, 0), len(data)):
+        if data[start:] in prefixes:
+            return start
+    return len(data)
+
+
 class Scrubber:
     """Replaces every pattern's bytes with its marker; longest pattern wins at a position."""
 
@@ -45,6 +60,7 @@ class Scrubber:
         self.max_len = max((len(v) for v in by_value), default=0)
         ordered = sorted(by_value, key=len, reverse=True)
         self._regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
+        self._prefixes = proper_prefixes(ordered)
 
     def __bool__(self) -> bool:
         return self._regex is not None
@@ -62,7 +78,10 @@ class Scrubber:
         )
 
     def stream(self) -> Callable[[bytes], bytes]:
-        """A chunk function for mitmproxy's `stream`; called with b"" at the end of the body."""
+        """A chunk function for mitmproxy's `stream`; called with b"" at the end of the body.
+
+        At most `len(longest pattern) - 1` bytes are carried over between chunks, and only
+        when they could be the start of a pattern."""
         pending = b""
         keep = max(self.max_len - 1, 0)
         regex = self._regex
@@ -75,7 +94,7 @@ class Scrubber:
             if not chunk:  # end of body: everything left is final
                 pending = b""
                 return self.scrub(data)
-            cut = len(data) - keep
+            cut = hold_from(data, self._prefixes, keep)
             if cut <= 0:
                 pending = data
                 return b""
@@ -122,13 +141,21 @@ class _Deflate:
         return self._inner.decompress(data)  # type: ignore[attr-defined]
 
 
+class _Brotli:
+    def __init__(self) -> None:
+        self._inner = brotli.Decompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return self._inner.process(data)  # type: ignore[no-any-return]
+
+
 def _decoder_for(encoding: str) -> _Decompressor | None:
     if encoding in ("gzip", "x-gzip"):
         return _gzip()
     if encoding == "deflate":
         return _Deflate()
     if encoding == "br" and brotli is not None:
-        return brotli.Decompressor()  # type: ignore[no-any-return]
+        return _Brotli()
     if encoding == "zstd" and zstandard is not None:
         return zstandard.ZstdDecompressor().decompressobj()
     return None
@@ -156,6 +183,17 @@ class StreamDecoder:
             return self._decoder.decompress(chunk)
         except Exception as exc:  # zlib.error, brotli.error, zstd.ZstdError
             raise ValueError("corrupt compressed stream") from exc
+
+
+def for_mitmproxy(process: Callable[[bytes], bytes]) -> Callable[[bytes], list[bytes]]:
+    """Adapt a chunk function to mitmproxy's `stream`: an empty chunk on the wire ends a
+    chunked body, so "nothing yet" must be an empty list, never b""."""
+
+    def stream(chunk: bytes) -> list[bytes]:
+        out = process(chunk)
+        return [out] if out else []
+
+    return stream
 
 
 def scrubbing_stream(scrubber: Scrubber, encoding: str = "") -> Callable[[bytes], bytes]:

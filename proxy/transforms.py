@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mitmproxy import http
-
 from capgate.broker.types import leak_patterns
 from capgate.caps import (
     AuthTransform,
@@ -24,6 +22,7 @@ from capgate.caps import (
     apply_body_edit,
     evaluate,
 )
+from mitmproxy import http
 
 from .apply import apply_edit, auth_slots, clear_slots, load_json_body, stamp, write_json_body
 from .flowstate import FlowState, path_without_query
@@ -44,8 +43,13 @@ def request_view(request: http.Request, dest: Destination, path: str) -> Request
     for name, value in request.query.items(multi=True):
         query.setdefault(name, value)
     return RequestView(
-        method=request.method, scheme=dest.scheme, host=dest.host, port=dest.port,
-        path=path, headers=headers, query=query,
+        method=request.method,
+        scheme=dest.scheme,
+        host=dest.host,
+        port=dest.port,
+        path=path,
+        headers=headers,
+        query=query,
     )
 
 

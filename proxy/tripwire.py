@@ -16,6 +16,8 @@ from urllib.parse import unquote, unquote_plus
 
 from capgate.broker.types import MIN_TRIPWIRE_LENGTH, LeakPattern
 
+from .scrub import hold_from, proper_prefixes
+
 _BASIC = re.compile(r"^\s*basic\s+(\S+)\s*$", re.IGNORECASE)
 
 
@@ -31,6 +33,7 @@ class Tripwire:
         self.max_len = max((len(v) for v in labels), default=0)
         ordered = sorted(labels, key=len, reverse=True)
         self._regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
+        self._prefixes = proper_prefixes(ordered)
 
     def __bool__(self) -> bool:
         return self._regex is not None
@@ -88,7 +91,7 @@ class Tripwire:
                 return chunk
             data = pending + chunk
             final = not chunk
-            cut = len(data) if final else len(data) - keep
+            cut = len(data) if final else hold_from(data, self._prefixes, keep)
             if cut <= 0:
                 pending = data
                 return b""

@@ -43,7 +43,7 @@ def call(method: str, path: str, body: object, headers: dict[str, str]) -> dict:
         "sent_headers": headers,
         "body": body,
         "status": status,
-        "response": text[:300],
+        "response": text[:4000],
     }
 
 

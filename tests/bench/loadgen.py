@@ -8,12 +8,13 @@ Modes:
   https      CONNECT + TLS (trusting --ca), then keep-alive GETs inside the tunnel
   https-new  a new tunnel (TCP + CONNECT + TLS) for every request, then close
   connect    a new connection per request sending only CONNECT: the proxy's answer to it
-  ttfb       like https (or http with --plain), but records time to the first body byte
+  ttfb       like https (or http with --plain), but records the time to the first body
+             byte and to the first complete server-sent event (a blank line in the body)
 
 Each connection first makes one unmeasured request (warm-up); then requests run until
 --requests are done or --duration seconds have passed. Prints one JSON object:
 requests, ok (2xx), statuses, errors, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms,
-and for ttfb ttfb_p50_ms / ttfb_p99_ms.
+and for ttfb ttfb_p50_ms / ttfb_p99_ms / first_event_p50_ms.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Tally:
     issued: int = 0
     latencies: list[float] = field(default_factory=list)
     ttfbs: list[float] = field(default_factory=list)
+    first_events: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)
@@ -104,15 +106,20 @@ def build_requests(plan: Plan) -> tuple[bytes, bytes]:
     return connect, get
 
 
-async def read_response(
-    reader: asyncio.StreamReader, *, head_only: bool = False
-) -> tuple[int, bool, float | None]:
-    """Read one response: (status, keep-alive, time of the first body byte or None)."""
+@dataclass
+class Response:
+    status: int
+    keep_alive: bool
+    first_byte: float | None = None  # perf_counter when the first body byte arrived
+    first_event: float | None = None  # ... when the body first held a blank line (SSE event)
+
+
+async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False) -> Response:
+    """Read one response; with `head_only`, a 2xx has no body (the answer to CONNECT)."""
     head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
+    response = Response(status=int(head[9:12]), keep_alive=head[:8] == b"HTTP/1.1")
     length: int | None = None
     chunked = False
-    keep_alive = head[:8] == b"HTTP/1.1"
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -121,10 +128,21 @@ async def read_response(
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         elif name == b"connection":
-            keep_alive = b"close" not in value.lower()
-    if head_only and 200 <= status < 300:  # a 2xx answer to CONNECT has no body
-        return status, keep_alive, None
-    first: float | None = None
+            response.keep_alive = b"close" not in value.lower()
+    if head_only and 200 <= response.status < 300:
+        return response
+    body = b""
+
+    def arrived(data: bytes) -> None:
+        nonlocal body
+        now = time.perf_counter()
+        if response.first_byte is None:
+            response.first_byte = now
+        if response.first_event is None:
+            body += data
+            if b"\n\n" in body:
+                response.first_event = now
+
     if chunked:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -132,17 +150,14 @@ async def read_response(
                 while await reader.readuntil(b"\r\n") != b"\r\n":
                     pass
                 break
-            await reader.readexactly(size + 2)
-            if first is None:
-                first = time.perf_counter()
+            arrived((await reader.readexactly(size + 2))[:-2])
     elif length is not None:
         if length:
-            await reader.readexactly(length)
-            first = time.perf_counter()
-    elif status not in (204, 304):
-        await reader.read()  # body until the connection closes
-        first, keep_alive = time.perf_counter(), False
-    return status, keep_alive, first
+            arrived(await reader.readexactly(length))
+    elif response.status not in (204, 304):
+        arrived(await reader.read())  # body until the connection closes
+        response.keep_alive = False
+    return response
 
 
 class Client:
@@ -157,7 +172,7 @@ class Client:
         reader, writer = await asyncio.open_connection(*self.plan.proxy)
         if self.plan.tunnel:
             writer.write(self.connect_req)
-            status, _, _ = await read_response(reader, head_only=True)
+            status = (await read_response(reader, head_only=True)).status
             if status != 200:
                 writer.close()
                 raise ValueError(f"CONNECT answered {status}")
@@ -173,8 +188,7 @@ class Client:
         reader, writer = await asyncio.open_connection(*self.plan.proxy)
         try:
             writer.write(self.connect_req)
-            status, _, _ = await read_response(reader, head_only=True)
-            return status
+            return (await read_response(reader, head_only=True)).status
         finally:
             writer.close()
 
@@ -183,14 +197,14 @@ class Client:
         try:
             async with asyncio.timeout(TIMEOUT):
                 if self.plan.mode == "connect":
-                    status, first = await self._connect_only(), None
+                    response = Response(await self._connect_only(), keep_alive=False)
                 else:
                     if self.conn is None:
                         self.conn = await self._open()
                     reader, writer = self.conn
                     writer.write(self.get_req)
-                    status, keep_alive, first = await read_response(reader)
-                    if not keep_alive or self.plan.new_connection_per_request:
+                    response = await read_response(reader)
+                    if not response.keep_alive or self.plan.new_connection_per_request:
                         self._close()
         except (*_NETWORK_ERRORS, TimeoutError) as exc:
             self._close()
@@ -201,10 +215,12 @@ class Client:
             return
         if record:
             end = time.perf_counter()
-            self.tally.statuses[status] += 1
+            self.tally.statuses[response.status] += 1
             self.tally.latencies.append(end - start)
-            if first is not None:
-                self.tally.ttfbs.append(first - start)
+            if response.first_byte is not None:
+                self.tally.ttfbs.append(response.first_byte - start)
+            if response.first_event is not None:
+                self.tally.first_events.append(response.first_event - start)
 
     async def run(self) -> None:
         while self.tally.take():
@@ -248,6 +264,7 @@ async def run(plan: Plan) -> dict[str, object]:
     if plan.mode == "ttfb":
         result["ttfb_p50_ms"] = round(_pct(tally.ttfbs, 0.50), 3)
         result["ttfb_p99_ms"] = round(_pct(tally.ttfbs, 0.99), 3)
+        result["first_event_p50_ms"] = round(_pct(tally.first_events, 0.50), 3)
     return result
 
 

@@ -34,12 +34,17 @@ class CliHome:
         env.update(self.extra_env)
         return env
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """`capgate ARGS` in a subprocess of its own."""
         done = subprocess.run(
-            [*CAPGATE, *args], input=stdin, capture_output=True, text=True,
-            env=self.env(), timeout=timeout,
+            [*CAPGATE, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
         )
         if check and done.returncode != 0:
             raise AssertionError(f"capgate {' '.join(args)} -> {done.returncode}: {done.stderr}")
@@ -48,22 +53,24 @@ class CliHome:
     def cli(self, *args: str, stdin: str | None = None) -> str:
         """`capgate ARGS` in this process (CliRunner): another process than the proxy's,
         without paying the interpreter start-up."""
+        from capgate.proxy.cli import main
         from click.testing import CliRunner
 
-        from capgate.proxy.cli import main
-
         result = CliRunner().invoke(
-            main, ["--home", str(self.root), *args], input=stdin, env=self.extra_env,
+            main,
+            ["--home", str(self.root), *args],
+            input=stdin,
+            env=self.extra_env,
             catch_exceptions=False,
         )
         if result.exit_code != 0:
-            raise AssertionError(f"capgate {' '.join(args)} -> {result.exit_code}: "
-                                 f"{result.output}")
+            raise AssertionError(f"capgate {' '.join(args)} -> {result.exit_code}: {result.output}")
         return result.stdout
 
     def workspace(self, role: str, user: str = "alice") -> tuple[str, str]:
-        created = json.loads(self.cli("workspace", "create", "--role", role, "--user", user,
-                                      "--json"))
+        created = json.loads(
+            self.cli("workspace", "create", "--role", role, "--user", user, "--json")
+        )
         return created["id"], created["token"]
 
     def decisions(self, *args: str, at_least: int = 0, wait: float = 3.0) -> list[dict[str, Any]]:
@@ -103,9 +110,20 @@ def start_proxy_process(
     logs.mkdir(parents=True, exist_ok=True)
     out, err = logs / "proxy.stdout", logs / "proxy.stderr"
     process = subprocess.Popen(
-        [*CAPGATE, "proxy", "--caps", str(caps), "--listen", "127.0.0.1:0",
-         "--upstream-ca", str(upstream_ca), *extra],
-        stdout=out.open("wb"), stderr=err.open("wb"), env=home.env(),
+        [
+            *CAPGATE,
+            "proxy",
+            "--caps",
+            str(caps),
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-ca",
+            str(upstream_ca),
+            *extra,
+        ],
+        stdout=out.open("wb"),
+        stderr=err.open("wb"),
+        env=home.env(),
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -124,9 +142,23 @@ def start_proxy_process(
 def curl(proxy_url: str, ca: Path, url: str, *args: str) -> tuple[int, str]:
     """(HTTP status, body) of one curl call through the proxy."""
     done = subprocess.run(
-        ["curl", "-sS", "--max-time", "20", "--proxy", proxy_url, "--cacert", str(ca),
-         "-w", "\n%{http_code}", *args, url],
-        capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--proxy",
+            proxy_url,
+            "--cacert",
+            str(ca),
+            "-w",
+            "\n%{http_code}",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     body, _, status = done.stdout.rpartition("\n")
     return int(status or 0), body + done.stderr

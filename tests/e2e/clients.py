@@ -75,9 +75,7 @@ def _read_reply(stream: Any) -> Reply:
     return Reply(status, headers, body)
 
 
-def _request_bytes(
-    method: str, target: str, headers: list[tuple[str, str]], body: bytes
-) -> bytes:
+def _request_bytes(method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
     lines += [f"{k}: {v}" for k, v in headers]
     if body and not any(k.lower() == "content-length" for k, _ in headers):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from capgate.caps import normalize_host
 from capgate.proxy.memory_broker import MemoryBroker
 from capgate.proxy.ports import BrokerPort
@@ -110,9 +109,7 @@ StartProxy = Callable[..., RunningProxy]
 
 
 @pytest.fixture
-def start_proxy(
-    proxy_home: Path, pki: TestPki, tmp_path: Path
-) -> Iterator[StartProxy]:
+def start_proxy(proxy_home: Path, pki: TestPki, tmp_path: Path) -> Iterator[StartProxy]:
     running: list[RunningProxy] = []
 
     def start(caps_text: str, broker: BrokerPort, home: Path | None = None) -> RunningProxy:
@@ -165,7 +162,7 @@ capabilities:
       paths: ["/body"]
     transforms:
       - body: {{pointer: /metadata/tenant, action: set, value: 'secrets["tenant-id"]'}}
-      - body: {{pointer: /missing/0/deeper, action: remove}}
+      - body: {{pointer: /x/y, action: set, value: '"v"'}}
   - name: broken
     match:
       hosts: ["api.test:{tls}"]
@@ -213,7 +210,9 @@ def memory_world() -> World:
     broker = MemoryBroker()
     broker.add_credential("github", "github_pat", GITHUB_TOKEN)
     broker.add_credential("jira", "jira", JIRA_TOKEN, config={"username": "bot@example.com"})
-    broker.add_credential("failing", "github_pat", "ghp_failingvalue_000000", fail_reason="transient")
+    broker.add_credential(
+        "failing", "github_pat", "ghp_failingvalue_000000", fail_reason="transient"
+    )
     broker.add_secret("tenant-id", TENANT_SECRET)
     broker.add_credential("other-org-github", "github_pat", ORG2_TOKEN, org="org2")
     _, token = broker.add_workspace("researcher")
@@ -224,7 +223,9 @@ def memory_world() -> World:
 
 @pytest.fixture
 def proxy(
-    start_proxy: StartProxy, memory_world: World, tls_upstream: Upstream,
+    start_proxy: StartProxy,
+    memory_world: World,
+    tls_upstream: Upstream,
     plain_upstream: Upstream,
 ) -> RunningProxy:
     return start_proxy(caps_text(tls_upstream, plain_upstream), memory_world.broker)

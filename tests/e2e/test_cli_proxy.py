@@ -70,11 +70,21 @@ def template_home(tmp_path_factory: pytest.TempPathFactory) -> CliHome:
     )
     home.cli("init")
     home.cli("user", "add", "alice")
-    home.cli("cred", "add", "github", "--provider", "github_pat", "--kind", "api_key",
-             stdin=GITHUB)
-    home.cli("cred", "add", "graph", "--provider", "microsoft", "--kind",
-             "oauth2_client_credentials", "--config", "tenant_id=t1", "--config",
-             "client_id=c1", stdin=MS_CLIENT_SECRET)
+    home.cli("cred", "add", "github", "--provider", "github_pat", "--kind", "api_key", stdin=GITHUB)
+    home.cli(
+        "cred",
+        "add",
+        "graph",
+        "--provider",
+        "microsoft",
+        "--kind",
+        "oauth2_client_credentials",
+        "--config",
+        "tenant_id=t1",
+        "--config",
+        "client_id=c1",
+        stdin=MS_CLIENT_SECRET,
+    )
     home.cli("secret", "set", "tenant-id", stdin=TENANT)
     home.cli("ca")
     return home
@@ -96,8 +106,9 @@ def caps_file(tmp_path: Path, tls_upstream: Upstream, dead_port: int) -> Path:
 
 
 @pytest.fixture
-def proxy_process(cli_home: CliHome, caps_file: Path, pki: TestPki,
-                  tmp_path: Path) -> Iterator[ProxyProcess]:
+def proxy_process(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
+) -> Iterator[ProxyProcess]:
     proxy = start_proxy_process(cli_home, caps_file, pki.ca_pem, tmp_path / "logs")
     yield proxy
     proxy.terminate()
@@ -113,9 +124,22 @@ def test_exec_runs_curl_with_the_credential_and_revokes_its_token(
     # given a home with a credential, when curl runs under capgate exec
     url = tls_upstream.url("/repos/x?echo_headers=authorization", host="localhost")
     script = f'curl -sS "{url}"; echo; echo "$HTTPS_PROXY" >&2; exit 7'
-    done = cli_home.run("exec", "--caps", str(caps_file), "--role", "researcher", "--user",
-                        "alice", "--upstream-ca", str(pki.ca_pem), "--", "sh", "-c", script,
-                        check=False)
+    done = cli_home.run(
+        "exec",
+        "--caps",
+        str(caps_file),
+        "--role",
+        "researcher",
+        "--user",
+        "alice",
+        "--upstream-ca",
+        str(pki.ca_pem),
+        "--",
+        "sh",
+        "-c",
+        script,
+        check=False,
+    )
     # then CMD's exit code is passed on, the upstream got the credential, CMD did not
     assert done.returncode == 7, done.stderr
     echoed = json.loads(done.stdout.splitlines()[0])
@@ -127,7 +151,10 @@ def test_exec_runs_curl_with_the_credential_and_revokes_its_token(
     token = proxy_url.split("agent:", 1)[1].split("@", 1)[0]
     row = cli_home.decisions(at_least=1)[-1]
     assert (row["decision"], row["capability"], row["upstream_status"]) == (
-        "allow", "github-api", 200)
+        "allow",
+        "github-api",
+        200,
+    )
     assert cli_home.cli("workspace", "list", "--json").count("revoked_at") >= 1
     assert token.startswith("cg")
 
@@ -137,14 +164,18 @@ def test_proxy_process_serves_curl_and_urllib(
 ) -> None:
     _, token = cli_home.workspace("researcher")
     ca = _ca(cli_home)
-    status, body = curl(proxy_process.url(token), ca,
-                        tls_upstream.url("/repos/a", host="localhost"))
+    status, body = curl(
+        proxy_process.url(token), ca, tls_upstream.url("/repos/a", host="localhost")
+    )
     assert status == 200, body
-    status, body = urllib_get(proxy_process.url(token), ca,
-                              tls_upstream.url("/repos/b", host="localhost"))
+    status, body = urllib_get(
+        proxy_process.url(token), ca, tls_upstream.url("/repos/b", host="localhost")
+    )
     assert status == 200, body
     assert [i.header("Authorization") for i in tls_upstream.log.items[-2:]] == [
-        [f"Bearer {GITHUB}"], [f"Bearer {GITHUB}"]]
+        [f"Bearer {GITHUB}"],
+        [f"Bearer {GITHUB}"],
+    ]
 
 
 def test_delete_and_revoke_in_another_process_apply_to_the_next_request(
@@ -175,12 +206,14 @@ def test_sigterm_with_requests_in_flight_keeps_every_completed_row(
     results: dict[str, int] = {}
 
     def call(path: str) -> None:
-        results[path] = curl(proxy_process.url(token), ca,
-                             tls_upstream.url(path, host="localhost"))[0]
+        results[path] = curl(
+            proxy_process.url(token), ca, tls_upstream.url(path, host="localhost")
+        )[0]
 
     threads = [threading.Thread(target=call, args=(f"/repos/fast{i}",)) for i in range(6)]
-    threads += [threading.Thread(target=call, args=(f"/repos/slow{i}?delay_ms=1500",))
-                for i in range(3)]
+    threads += [
+        threading.Thread(target=call, args=(f"/repos/slow{i}?delay_ms=1500",)) for i in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads[:6]:

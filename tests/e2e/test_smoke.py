@@ -9,8 +9,10 @@ pytestmark = pytest.mark.e2e
 
 def test_allowed_request_is_stamped_with_the_credential(proxy, memory_world, tls_upstream):
     with proxy.client(memory_world.token) as client:
-        reply = client.get(tls_upstream.url("/repos/x?tenant=agent", host="api.test"),
-                           headers={"Authorization": "Bearer agent-supplied"})
+        reply = client.get(
+            tls_upstream.url("/repos/x?tenant=agent", host="api.test"),
+            headers={"Authorization": "Bearer agent-supplied"},
+        )
     assert reply.status_code == 200, reply.text
     sent = reply.json()
     headers = {k.lower(): v for k, v in sent["headers"]}

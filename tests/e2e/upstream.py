@@ -161,8 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             half = len(value) // 2
             for i in range(events):
                 # Split the echoed value across two chunks: the scrubber must carry over.
-                yield b"data: {\"n\": %d, \"echo\": \"%s" % (i, value[:half])
-                yield value[half:] + b"\"}\n\n"
+                yield b'data: {"n": %d, "echo": "%s' % (i, value[:half])
+                yield value[half:] + b'"}\n\n'
 
         self._chunked("text/event-stream", chunks(), gap)
 
