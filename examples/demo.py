@@ -154,16 +154,20 @@ def run(work: Path) -> int:
     show(
         "policy decisions",
         [
-            redact(
-                f"{d['decision']:8} {d.get('reason') or '-':14} {d['method']:6} {d['host']}:{d['port']}"
-                f"{d['path']} capability={d.get('capability')} status={d.get('upstream_status')}",
-                values,
-            )
-            for d in map(json.loads, decisions.splitlines())
-            if d
+            redact(_decision_line(json.loads(line)), values)
+            for line in decisions.splitlines()
+            if line.strip()
         ],
     )
     return verdict(agent, calls, received, values)
+
+
+def _decision_line(d: dict) -> str:
+    where = f"{d['host']}:{d['port']}{d['path']}"
+    return (
+        f"{d['decision']:8} {d.get('reason') or '-':14} {d['method']:6} {where} "
+        f"capability={d.get('capability')} status={d.get('upstream_status')}"
+    )
 
 
 def _echoed_authorization(call: dict) -> str:
