@@ -10,7 +10,6 @@ token (a fixture states the token the upstream should see).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import itertools
@@ -19,7 +18,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from capgate.broker.providers import OAUTH_KINDS, PROVIDERS, Kind, Provider
+from capgate.broker.minting import MintError, bearer_wire, minter_for
+from capgate.broker.providers import PROVIDERS, Kind
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import (
     Activation,
@@ -40,34 +40,13 @@ class MemoryCredential:
     fail_reason: str | None = None  # set: every mint fails with this reason
 
 
-def wire_credential(
-    provider: Provider, value: SecretValue, config: Mapping[str, str], oauth: bool
-) -> WireCredential:
-    """The provider's wire shape for a stored or minted value (PROVIDERS.md)."""
-    raw = value.reveal()
-    basic = ""
-    if "{basic}" in provider.value_format:
-        username = config.get("username") or provider.default_username or ""
-        basic = base64.b64encode(f"{username}:{raw}".encode()).decode("ascii")
-    wire_value = SecretValue(provider.value_format.format(v=raw, basic=basic))
-    scrub: tuple[LeakPattern, ...] = leak_patterns(provider.slug, value)
-    if basic:
-        scrub += (LeakPattern(provider.slug, basic.encode("ascii")),)
-    headers = ((provider.header, wire_value),) if provider.header else ()
-    query = ((provider.query_param, wire_value),) if provider.query_param else ()
-    companions = dict(provider.companion_headers)
-    for key, header in provider.config_headers:
-        if key in config:
-            companions[header] = config[key]
-    companion_query = tuple((p, config[k]) for k, p in provider.config_query if k in config)
-    return WireCredential(
-        headers=headers,
-        query=query,
-        companion_headers=tuple(companions.items()),
-        companion_query=companion_query,
-        scrub=scrub,
-        oauth=oauth,
-    )
+def wire_credential(cred: ResolvedCredential, value: SecretValue) -> WireCredential:
+    """The wire shape the real broker's minters give `value` (an OAuth value stands for
+    the minted access token), so replay stamps exactly what the live proxy stamps."""
+    provider, minter = minter_for(cred)
+    if minter.oauth:
+        return bearer_wire(provider, cred, value)
+    return minter.wire(provider, cred, value)
 
 
 @dataclass
@@ -91,11 +70,13 @@ class MemoryBroker:
     # -- filling it (tests, replay fixtures) ------------------------------------------------
 
     def add_workspace(
-        self, role: str, user: str = "alice", org: str = "default"
+        self, role: str, user: str = "alice", org: str = "default", workspace_id: str = ""
     ) -> tuple[Workspace, str]:
-        """A workspace and its agent token (returned once, stored as SHA-256 only)."""
+        """A workspace and its agent token (returned once, stored as SHA-256 only).
+
+        `workspace_id` pins the id (a replay fixture recorded from a live workspace)."""
         workspace = Workspace(
-            id=f"ws_{next(self._ids)}",
+            id=workspace_id or f"ws_{next(self._ids)}",
             org_id=f"org_{org}",
             org=org,
             role=role,
@@ -196,18 +177,10 @@ class MemoryBroker:
         self.mints.append(credential_name)
         if entry.fail_reason:
             return MintOutcome(credential_name, None, entry.fail_reason)
-        provider = PROVIDERS[row.provider]
-        wire = wire_credential(
-            provider, entry.value, row.provider_config, oauth=Kind(row.kind) in OAUTH_KINDS
-        )
-        wire = WireCredential(
-            headers=wire.headers,
-            query=wire.query,
-            companion_headers=wire.companion_headers,
-            companion_query=wire.companion_query,
-            scrub=tuple(LeakPattern(credential_name, p.value) for p in wire.scrub),
-            oauth=wire.oauth,
-        )
+        try:
+            wire = wire_credential(row, entry.value)
+        except MintError as exc:
+            return MintOutcome(credential_name, None, f"auth_unavailable:{exc}")
         return MintOutcome(credential_name, wire)
 
     def drop_token(self, activation: Activation, credential_name: str) -> None:
