@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 from capgate.broker.decisions import StoredDecision, list_decisions
-from capgate.broker.errors import CapgateError
+from capgate.broker.errors import CapgateError, NotFound
 from capgate.broker.home import Home
 from capgate.broker.stores import Stores
 from capgate.caps import CapsError, load_caps
@@ -177,6 +177,7 @@ def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbos
     try:
         stores = Stores.open(Home(home))
         org_id = stores.control.org_id(ctx.obj.org, create=True)
+        _ensure_user(stores, org_id, user_name)
         workspace, token = stores.workspaces.create(org_id, role, user_name)
         broker = _open_broker(home)
     except CapgateError as exc:
@@ -203,6 +204,15 @@ def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbos
             broker.close()
             stores.close()
     raise click.exceptions.Exit(code)
+
+
+def _ensure_user(stores: Stores, org_id: str, user_name: str) -> None:
+    """`exec` is the everyday entry point: a first run for a new user name adds the user."""
+    try:
+        stores.workspaces.get_user(org_id, user_name)
+    except NotFound:
+        stores.workspaces.add_user(org_id, user_name, actor="capgate-exec")
+        click.echo(f"capgate: added user {user_name!r}", err=True)
 
 
 def _run_child(command: list[str], env: dict[str, str]) -> int:

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-
 from capgate.caps import CapsConfig, CapsError, Problem, load_caps
 
 from .expectations import Mismatch, compare
-from .fixtures import Fixture, FixtureError, load_fixture
+from .fixtures import FixtureError, load_fixture
 from .replay import Harness
 
 
@@ -35,8 +34,12 @@ class FixtureResult:
         return not self.mismatches and not self.errors
 
     def as_json(self) -> dict[str, object]:
-        return {"file": self.file, "ok": self.ok, "errors": list(self.errors),
-                "mismatches": [m.as_json() for m in self.mismatches]}
+        return {
+            "file": self.file,
+            "ok": self.ok,
+            "errors": list(self.errors),
+            "mismatches": [m.as_json() for m in self.mismatches],
+        }
 
 
 @dataclass
@@ -48,8 +51,11 @@ class Report:
         return sum(not r.ok for r in self.results)
 
     def as_json(self) -> dict[str, object]:
-        return {"fixtures": [r.as_json() for r in self.results],
-                "passed": len(self.results) - self.failed, "failed": self.failed}
+        return {
+            "fixtures": [r.as_json() for r in self.results],
+            "passed": len(self.results) - self.failed,
+            "failed": self.failed,
+        }
 
 
 async def replay_files(paths: Sequence[Path], caps_path: Path, config: CapsConfig) -> Report:
@@ -67,17 +73,21 @@ async def _replay_one(harness: Harness, path: Path, config: CapsConfig) -> Fixtu
     except FixtureError as exc:
         return FixtureResult(str(path), errors=tuple(str(p) for p in exc.problems))
     if fixture.workspace.role not in config.roles:
-        problem = Problem(str(path), fixture.workspace.line, 1,
-                          f"workspace.role: the caps file defines no role "
-                          f"'{fixture.workspace.role}'")
+        problem = Problem(
+            str(path),
+            fixture.workspace.line,
+            1,
+            f"workspace.role: the caps file defines no role '{fixture.workspace.role}'",
+        )
         return FixtureResult(str(path), errors=(str(problem),))
     try:
         outcome = await harness.run(fixture)
     except Exception as exc:  # an addon bug: report it, masked, and go on
         message = fixture.values.mask(f"{type(exc).__name__}: {exc}")
         return FixtureResult(str(path), errors=(f"{path}: replay raised {message}",))
-    return FixtureResult(str(path), tuple(compare(fixture, outcome)),
-                         description=fixture.description)
+    return FixtureResult(
+        str(path), tuple(compare(fixture, outcome)), description=fixture.description
+    )
 
 
 def _print_text(report: Report) -> None:
@@ -97,8 +107,9 @@ def _load_caps_or_exit(caps_path: Path, as_json: bool) -> CapsConfig:
     except CapsError as exc:
         problems = [str(p) for p in exc.problems]
         if as_json:
-            click.echo(json.dumps({"fixtures": [], "passed": 0, "failed": 0,
-                                   "caps_errors": problems}))
+            click.echo(
+                json.dumps({"fixtures": [], "passed": 0, "failed": 0, "caps_errors": problems})
+            )
         else:
             for problem in problems:
                 click.echo(problem, err=True)
@@ -107,11 +118,19 @@ def _load_caps_or_exit(caps_path: Path, as_json: bool) -> CapsConfig:
 
 
 @click.command("replay")
-@click.argument("fixtures", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--caps", "caps_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The caps.yaml file the fixtures are checked against.")
+@click.argument(
+    "fixtures",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--caps",
+    "caps_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The caps.yaml file the fixtures are checked against.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 def replay_command(fixtures: tuple[Path, ...], caps_path: Path, as_json: bool) -> None:
     """Run recorded requests through the addon offline and diff them against expectations.

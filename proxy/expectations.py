@@ -33,8 +33,12 @@ class Mismatch:
         return f"{self.path}{where}\n    expected: {self.expected}\n    actual:   {self.actual}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": self.path, "line": self.line, "expected": self.expected,
-                "actual": self.actual}
+        return {
+            "path": self.path,
+            "line": self.line,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
 
 
 class _Absent:
@@ -48,8 +52,9 @@ ABSENT = _Absent()
 def compare(fixture: Fixture, outcome: Outcome) -> list[Mismatch]:
     comparer = _Comparer(fixture.values, outcome)
     if len(outcome.decisions) != 1:
-        comparer.out.append(Mismatch("policy_decision", "exactly one row",
-                                     f"{len(outcome.decisions)} rows"))
+        comparer.out.append(
+            Mismatch("policy_decision", "exactly one row", f"{len(outcome.decisions)} rows")
+        )
     for check in fixture.checks:
         comparer.check(check)
     return comparer.out
@@ -77,8 +82,14 @@ class _Comparer:
             message = self.outcome.sent if head == "request" else self.outcome.response
             if message is None:  # a request never sent is reported once, by its `sent` check
                 if head == "response":
-                    self.out.append(Mismatch(check.path, self.show(check.expected),
-                                             "(no response: the flow was killed)", check.line))
+                    self.out.append(
+                        Mismatch(
+                            check.path,
+                            self.show(check.expected),
+                            "(no response: the flow was killed)",
+                            check.line,
+                        )
+                    )
                 return
             self.check_message(check, message, rest)
         elif check.mode == "sent":
@@ -86,7 +97,7 @@ class _Comparer:
                 actual = "killed" if self.outcome.killed else "answered by the proxy"
                 self.out.append(Mismatch("request", "sent upstream", actual, check.line))
         else:
-            self.equal(check, check.path, self.row_field(head if not rest else rest))
+            self.equal(check, check.path, self.row_field(rest or head))
 
     def row_field(self, name: str) -> Any:
         if self.row is None:

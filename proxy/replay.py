@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from capgate.broker.types import PolicyDecision
 from mitmproxy import connection, hooks, http, master, options
 from mitmproxy.proxy.layers.http import (
     HttpConnectedHook,
@@ -30,8 +31,6 @@ from mitmproxy.proxy.layers.http import (
     HttpResponseHeadersHook,
     HttpResponseHook,
 )
-
-from capgate.broker.types import PolicyDecision
 
 from .addon import CapgateAddon
 from .fixtures import Fixture, Message
@@ -108,7 +107,11 @@ def fill_broker(fixture: Fixture) -> tuple[MemoryBroker, str]:
     _, token = broker.add_workspace(ws.role, ws.user, workspace_id=ws.id or "")
     for cred in fixture.credentials:
         broker.add_credential(
-            cred.name, cred.provider, cred.value, kind=cred.kind, config=cred.config,
+            cred.name,
+            cred.provider,
+            cred.value,
+            kind=cred.kind,
+            config=cred.config,
             fail_reason=cred.mint_failure,
         )
     for name, value in fixture.secrets:
@@ -124,9 +127,7 @@ class _Run:
         self.chain = chain
         self.fixture = fixture
         self.proxy_auth = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
-        self.client = connection.Client(
-            peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080)
-        )
+        self.client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080))
 
     async def hook(self, event: hooks.Hook) -> None:
         # Addon by addon, in chain order, like mitmproxy; an exception fails the fixture
@@ -165,9 +166,18 @@ class _Run:
         flow = http.HTTPFlow(self.client, connection.Server(address=(host, port)))
         authority = f"{host}:{port}".encode()
         flow.request = http.Request(
-            host, port, b"CONNECT", b"", authority, b"", b"HTTP/1.1",
+            host,
+            port,
+            b"CONNECT",
+            b"",
+            authority,
+            b"",
+            b"HTTP/1.1",
             http.Headers([(b"Proxy-Authorization", self.proxy_auth.encode())]),
-            b"", None, time.time(), time.time(),
+            b"",
+            None,
+            time.time(),
+            time.time(),
         )
         flow.live = True
         await self.hook(HttpConnectHook(flow))
@@ -194,9 +204,18 @@ class _Run:
         if body and "transfer-encoding" not in headers:
             headers["Content-Length"] = str(len(body))
         return http.Request(
-            host, port, spec.method.encode(), scheme.encode(),
-            authority.encode() if scheme == "http" else b"", path.encode(), b"HTTP/1.1",
-            headers, body, None, time.time(), time.time(),
+            host,
+            port,
+            spec.method.encode(),
+            scheme.encode(),
+            authority.encode() if scheme == "http" else b"",
+            path.encode(),
+            b"HTTP/1.1",
+            headers,
+            body,
+            None,
+            time.time(),
+            time.time(),
         )
 
     async def request_hooks(self, flow: http.HTTPFlow) -> bool:
@@ -235,7 +254,10 @@ def feed(stream: Callable[[bytes], Any], chunks: Iterable[bytes]) -> bytes:
 
 def snapshot(request: http.Request) -> Sent:
     return Sent(
-        request.method, request.url, request.headers.copy(), request.get_content(strict=False) or b""
+        request.method,
+        request.url,
+        request.headers.copy(),
+        request.get_content(strict=False) or b"",
     )
 
 
@@ -247,9 +269,7 @@ def received(response: http.Response) -> Received:
 
 def canned_response(upstream: Message, render: Callable[[str], str]) -> http.Response:
     """The fixture's upstream answer, encoded as its headers say (gzip and so on)."""
-    headers = http.Headers(
-        [(render(k).encode(), render(v).encode()) for k, v in upstream.headers]
-    )
+    headers = http.Headers([(render(k).encode(), render(v).encode()) for k, v in upstream.headers])
     if upstream.json_body and "content-type" not in headers:
         headers["Content-Type"] = "application/json"
     response = http.Response.make(upstream.status, b"", headers)

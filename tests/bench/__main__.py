@@ -367,8 +367,11 @@ def render(report: Result) -> str:
     if "memory" in report:
         out += ["", "Resident memory (VmRSS) after N requests through each proxy:"]
         for name, series in report["memory"].items():
-            points = ", ".join(f"{_mib(kib)} @ {n}" for n, kib in series[:1] + series[-4:])
-            out.append(f"- {name}: {points}")
+            at_10k = next(((n, kib) for n, kib in series if n >= 10_000), series[-1])
+            points = [series[0], at_10k, series[-1]]
+            shown = ", ".join(f"{_mib(kib)} after {n}" for n, kib in points)
+            growth = (series[-1][1] - at_10k[1]) / 1024
+            out.append(f"- {name}: {shown} ({growth:+.1f} MiB from the second point to the last)")
     if "token_endpoint" in report:
         t = report["token_endpoint"]
         out += [

@@ -263,3 +263,33 @@ def test_canary_values_appear_nowhere_but_the_vault(
     for canary in CANARIES:
         for form in _forms(canary):
             assert form not in seen, f"a form of a canary leaked: {shlex.quote(form[:6])}..."
+
+
+def test_exec_adds_a_user_it_has_not_seen_and_runs_the_command(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tls_upstream: Upstream
+) -> None:
+    # given a user name that was never added, when a command runs under capgate exec
+    url = tls_upstream.url("/repos/x", host="localhost")
+    done = cli_home.run(
+        "exec",
+        "--caps",
+        str(caps_file),
+        "--role",
+        "researcher",
+        "--user",
+        "newcomer",
+        "--upstream-ca",
+        str(pki.ca_pem),
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        url,
+        check=False,
+    )
+    # then the user is added, the call goes out authenticated, and the exit code is curl's
+    assert done.returncode == 0, done.stderr
+    assert "added user 'newcomer'" in done.stderr
+    assert tls_upstream.log.items[-1].header("Authorization") == [f"Bearer {GITHUB}"]
+    assert "newcomer" in cli_home.cli("user", "list", "--json")
