@@ -9,6 +9,7 @@ that header or parameter. Every injected value becomes a scrub pattern for the r
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from capgate.broker.types import leak_patterns
@@ -32,6 +33,7 @@ from .scrub import Scrubber
 from .tripwire import Tripwire
 
 AUTH_UNAVAILABLE = "auth_unavailable"
+logger = logging.getLogger("capgate.transforms")
 
 
 def request_view(request: http.Request, dest: Destination, path: str) -> RequestView:
@@ -110,6 +112,19 @@ async def _apply_auth(
     headers, query = auth_slots(transform.provider)
     # Before minting and whatever its outcome: the agent's own value never goes upstream.
     clear_slots(request, headers, query)
+    stored = state.activation.credentials.get(transform.credential)
+    if stored is not None and stored.provider != transform.provider:
+        # caps check warns about this; at request time a credential is only ever stamped
+        # in the wire shape the operator declared for this capability.
+        logger.warning(
+            "credential %s is stored for provider %s, but capability %s declares %s; not used",
+            transform.credential,
+            stored.provider,
+            state.capability.name,
+            transform.provider,
+        )
+        state.auth_failures[transform.credential] = AUTH_UNAVAILABLE
+        return
     outcome = await broker.mint(state.activation, transform.credential)
     wire = outcome.wire
     if wire is None:

@@ -120,7 +120,10 @@ def test_upstream_401_drops_the_oauth_token(
         kind="oauth2_client_credentials",
         config={"tenant_id": "t", "client_id": "c"},
     )
-    proxy = start_proxy(caps_text(tls_upstream, plain_upstream), memory_world.broker)
+    caps = caps_text(tls_upstream, plain_upstream).replace(
+        "provider: github_pat}", "provider: microsoft}", 1
+    )
+    proxy = start_proxy(caps, memory_world.broker)
     with proxy.client(memory_world.token) as client:
         reply = client.get(tls_upstream.url("/repos/x?status=401", host="api.test"))
     assert reply.status_code == 401
@@ -162,3 +165,25 @@ def test_hot_reload_swaps_a_valid_file_and_keeps_the_last_good_one(
     assert any("keeping the last good configuration" in r.getMessage() for r in caplog.records)
     proxy.write_caps(original)
     wait_for(200)
+
+
+def test_credential_stored_for_another_provider_is_not_stamped(
+    start_proxy, memory_world, tls_upstream, plain_upstream
+):
+    # given a capability declaring provider openai for a credential stored as github_pat
+    caps = caps_text(tls_upstream, plain_upstream).replace(
+        "provider: github_pat}", "provider: openai}", 1
+    )
+    running = start_proxy(caps, memory_world.broker)
+    before = len(memory_world.broker.decisions)
+    # when the agent calls it, bringing its own Authorization
+    with running.client(memory_world.token) as client:
+        reply = client.get(
+            tls_upstream.url("/repos/x", host="api.test"),
+            headers={"Authorization": "Bearer agent-own"},
+        )
+    # then nothing is stamped, the agent's value is gone, and the row says why
+    assert reply.status_code == 200
+    sent = tls_upstream.log.items[-1]
+    assert sent.header("Authorization") == []
+    assert _last_row(memory_world.broker, before).auth_failures == {"github": "auth_unavailable"}
