@@ -51,6 +51,8 @@ BUFFER_REQUEST_MAX = 64 * 1024
 
 
 class CapgateAddon:
+    name = "capgate"  # mitmproxy's addon registry name: master.addons.get("capgate")
+
     def __init__(self, broker: BrokerPort) -> None:
         self.broker = broker
         self.sessions = Sessions(broker)

@@ -25,6 +25,7 @@ from capgate.broker.home import Home
 from capgate.broker.stores import Stores
 from capgate.caps import CapsError, load_caps
 
+from .record import record_addons
 from .runner import (
     ProxySettings,
     ProxyThread,
@@ -91,9 +92,18 @@ def _open_broker(home: Path):  # -> Broker
     help="Largest request body buffered for body transforms (413 above).",
 )
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write every request handled as a replay fixture into DIR (values as placeholders).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never values).")
 @click.pass_context
-def proxy_command(ctx, caps_path, listen, upstream_cas, body_limit, access_log, verbose) -> None:
+def proxy_command(
+    ctx, caps_path, listen, upstream_cas, body_limit, access_log, record_dir, verbose
+) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
     configure_logging(verbose=verbose, access_log=access_log)
     _check_caps(caps_path)
@@ -109,6 +119,7 @@ def proxy_command(ctx, caps_path, listen, upstream_cas, body_limit, access_log, 
         listen_port=port,
         upstream_cas=tuple(upstream_cas),
         body_limit=body_limit,
+        extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
     try:
         broker = _open_broker(ctx.obj.home)

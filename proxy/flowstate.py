@@ -67,6 +67,9 @@ def get_state(flow: http.HTTPFlow) -> FlowState | None:
     return state if isinstance(state, FlowState) else None
 
 
+DECISION_KEY = "capgate.decision"
+
+
 def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: int | None) -> None:
     """Record the request's policy decision and access log line, once; drop the state."""
     flow.metadata.pop(KEY, None)
@@ -80,26 +83,27 @@ def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: in
     scheme = dest.scheme if dest else flow.request.scheme
     host = dest.host if dest else flow.request.host
     port = dest.port if dest else flow.request.port
-    broker.record_decision(
-        PolicyDecision(
-            at=state.started,
-            org_id=workspace.org_id if workspace else None,
-            workspace_id=workspace.id if workspace else None,
-            capability=capability,
-            decision=str(state.decision),
-            reason=state.reason,
-            method=state.method,
-            scheme=scheme,
-            host=host,
-            port=port,
-            path=state.path,
-            transforms_applied=tuple(state.applied),
-            transforms_failed=dict(state.failed),
-            auth_failures=dict(state.auth_failures),
-            upstream_status=status,
-            duration_ms=duration_ms,
-        )
+    decision = PolicyDecision(
+        at=state.started,
+        org_id=workspace.org_id if workspace else None,
+        workspace_id=workspace.id if workspace else None,
+        capability=capability,
+        decision=str(state.decision),
+        reason=state.reason,
+        method=state.method,
+        scheme=scheme,
+        host=host,
+        port=port,
+        path=state.path,
+        transforms_applied=tuple(state.applied),
+        transforms_failed=dict(state.failed),
+        auth_failures=dict(state.auth_failures),
+        upstream_status=status,
+        duration_ms=duration_ms,
     )
+    broker.record_decision(decision)
+    # Other addons (the recorder) read the row from the flow instead of re-deriving it.
+    flow.metadata[DECISION_KEY] = decision
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "%s %s:%s%s %s%s %s %.1fms%s",

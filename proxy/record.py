@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from capgate.broker.types import Activation, LeakPattern, Workspace
+from capgate.broker.types import Activation, LeakPattern, PolicyDecision, Workspace
 from mitmproxy import connection, ctx, http
 
 from .addon import CapgateAddon
-from .flowstate import FlowState, get_state
+from .flowstate import DECISION_KEY, FlowState, get_state
 from .placeholders import Named, TestValues
 from .policy import proxy_token
 from .scrub import Scrubber
@@ -152,7 +152,7 @@ class RecordAddon:
         patterns = [*activation.leak_patterns, *(state.scrub if state else ())]
         real = TestValues(named_values(patterns, activation))
         document = build_fixture(flow, capture, workspace, activation, real)
-        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+        text = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
         leaked = _leaked_label(text, patterns)
         if leaked is not None:
             logger.error("record: a form of %s could not be masked; fixture not written", leaked)
@@ -174,6 +174,18 @@ class RecordAddon:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         return path
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (event streams, text bodies) as literal blocks, as written by hand."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value and not value.endswith(" ") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def named_values(patterns: Iterable[LeakPattern], activation: Activation) -> list[Named]:
@@ -315,7 +327,7 @@ def _expectations(flow: http.HTTPFlow, capture: Capture, real: TestValues) -> di
     response = flow.response
     assert response is not None
     state = capture.state
-    expect: dict[str, Any] = _decision(response, state)
+    expect: dict[str, Any] = _decision(flow, state)
     if state is not None:
         sent = list(flow.request.headers.items(multi=True))
         sent_names = {k.lower() for k, _ in sent}
@@ -326,8 +338,11 @@ def _expectations(flow: http.HTTPFlow, capture: Capture, real: TestValues) -> di
             flow.request.get_content(strict=False),
             real,
         )
-        if absent:
+        if absent:  # listed right after the headers, before the body
+            body = request.pop("body", None)
             request["headers_absent"] = absent
+            if body is not None:
+                request["body"] = body
         expect["request"] = request
     agent: dict[str, Any] = {"status": response.status_code}
     redacted = [(k, v) for k, v in response.headers.items(multi=True) if "[REDACTED:" in v]
@@ -347,15 +362,12 @@ def _expectations(flow: http.HTTPFlow, capture: Capture, real: TestValues) -> di
     return expect
 
 
-def _decision(response: http.Response, state: FlowState | None) -> dict[str, Any]:
+def _decision(flow: http.HTTPFlow, state: FlowState | None) -> dict[str, Any]:
+    """Decision, reason and capability, from the policy_decision row capgate wrote."""
+    row = flow.metadata.get(DECISION_KEY)
+    if isinstance(row, PolicyDecision):
+        return {"decision": row.decision, "reason": row.reason, "capability": row.capability}
     if state is not None:
         capability = state.capability.name if state.capability is not None else None
         return {"decision": str(state.decision), "reason": state.reason, "capability": capability}
-    # Refused by capgate before any upstream exchange: its JSON refusal says why.
-    try:
-        reason = json.loads(response.get_content(strict=False) or b"{}").get("reason")
-    except (ValueError, AttributeError):
-        reason = None
-    if reason == "tripwire":
-        return {"decision": "tripwire"}
-    return {"decision": "deny", "reason": reason} if reason else {"decision": "deny"}
+    return {"decision": "deny"}

@@ -11,7 +11,9 @@ and `response`. Nothing touches the network or a store.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit
 
 from capgate.broker.types import PolicyDecision
 from mitmproxy import connection, hooks, http, master, options
+from mitmproxy import log as mitmproxy_log
 from mitmproxy.proxy.layers.http import (
     HttpConnectedHook,
     HttpConnectErrorHook,
@@ -95,9 +98,20 @@ class Harness:
                 m.addons.remove(addon)
 
     def _master_for_loop(self) -> master.Master:
-        if self._master is None:
+        """One Master per event loop (mitmproxy binds a Master to the loop it starts in)."""
+        loop = asyncio.get_running_loop()
+        if self._master is None or self._master.event_loop is not loop:
             self._master = master.Master(options.Options(), with_termlog=False)
+            _drop_log_forwarding(self._master)
         return self._master
+
+
+def _drop_log_forwarding(m: master.Master) -> None:
+    """A Master forwards every stdlib log record to its loop (mitmproxy's legacy `add_log`
+    event); replay needs none of that, and the forwarding fails once the loop is closed."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, mitmproxy_log.LegacyLogEvents) and handler.master is m:
+            handler.uninstall()
 
 
 def fill_broker(fixture: Fixture) -> tuple[MemoryBroker, str]:

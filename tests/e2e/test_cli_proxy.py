@@ -293,3 +293,32 @@ def test_exec_adds_a_user_it_has_not_seen_and_runs_the_command(
     assert "added user 'newcomer'" in done.stderr
     assert tls_upstream.log.items[-1].header("Authorization") == [f"Bearer {GITHUB}"]
     assert "newcomer" in cli_home.cli("user", "list", "--json")
+
+
+def test_recorded_traffic_replays_green_and_holds_no_value(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tls_upstream: Upstream, tmp_path: Path
+) -> None:
+    # given a live proxy started with --record
+    recorded = tmp_path / "recorded"
+    proxy = start_proxy_process(
+        cli_home, caps_file, pki.ca_pem, tmp_path / "logs", "--record", str(recorded)
+    )
+    try:
+        _, token = cli_home.workspace("researcher")
+        ca = _ca(cli_home)
+        # when it handles an allowed call with an echo, and a denied one
+        echo = tls_upstream.url("/repos/a?echo_headers=authorization", host="localhost")
+        assert curl(proxy.url(token), ca, echo)[0] == 200
+        assert curl(proxy.url(token), ca, tls_upstream.url("/other", host="localhost"))[0] == 403
+    finally:
+        proxy.terminate()
+    # then every recorded fixture replays green against the same caps.yaml
+    fixtures = sorted(recorded.glob("*.yaml"))
+    assert len(fixtures) == 2, proxy.output()
+    replay = cli_home.run("replay", *map(str, fixtures), "--caps", str(caps_file), check=False)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    # and no stored value, in any form, is in a fixture
+    text = "".join(f.read_text() for f in fixtures)
+    for canary in (GITHUB, TENANT, MS_CLIENT_SECRET):
+        assert not any(form in text for form in _forms(canary))
+    assert "{{credential:github}}" in text

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from capgate.proxy.cli import main
 from click.testing import CliRunner
 
-from capgate.proxy.cli import main
+# The live-recording test runs a real proxy against the end-to-end suite's TLS echo upstream.
+from tests.e2e.conftest import pki, proxy_home, tls_upstream  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 GITHUB_CAPS = ROOT / "examples" / "github" / "caps.yaml"

@@ -22,9 +22,19 @@ def test_every_example_has_fixtures() -> None:
 def test_example_fixtures_replay_green(example: Path) -> None:
     fixtures = sorted(str(p) for p in (example / "fixtures").glob("*.yaml"))
     result = subprocess.run(
-        [sys.executable, "-m", "capgate.proxy", "replay", *fixtures,
-         "--caps", str(example / "caps.yaml")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "capgate.proxy",
+            "replay",
+            *fixtures,
+            "--caps",
+            str(example / "caps.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(fixtures)} passed, 0 failed" in result.stdout

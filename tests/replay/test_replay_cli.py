@@ -25,8 +25,9 @@ def test_matching_fixture_passes(replay, write_fixture) -> None:
 def test_wrong_expected_header_fails_with_a_diff_naming_field_expected_and_actual(
     replay, write_fixture
 ) -> None:
-    broken = GOOD.replace("Authorization: Bearer {{credential:github}}",
-                          "Authorization: token {{credential:github}}")
+    broken = GOOD.replace(
+        "Authorization: Bearer {{credential:github}}", "Authorization: token {{credential:github}}"
+    )
 
     result = replay(write_fixture(broken))
 
@@ -49,8 +50,9 @@ def test_wrong_expected_decision_fails_with_a_diff(replay, write_fixture) -> Non
 
 def test_json_report_lists_mismatches_per_fixture(replay, write_fixture) -> None:
     good = write_fixture(GOOD, "good.yaml")
-    bad = write_fixture(GOOD.replace('{login: octocat, echo: "[R', '{login: hubot, echo: "[R'),
-                        "bad.yaml")
+    bad = write_fixture(
+        GOOD.replace('{login: octocat, echo: "[R', '{login: hubot, echo: "[R'), "bad.yaml"
+    )
 
     report = replay(good, bad, as_json=True)
 
@@ -129,9 +131,8 @@ def test_one_broken_fixture_does_not_stop_the_others(replay, write_fixture) -> N
 
 
 def test_missing_caps_option_is_a_usage_error(replay, write_fixture) -> None:
-    from click.testing import CliRunner
-
     from capgate.proxy.cli import main
+    from click.testing import CliRunner
 
     result = CliRunner().invoke(main, ["replay", str(write_fixture(GOOD))])
 
