@@ -12,6 +12,7 @@ from os import PathLike
 from pathlib import Path
 
 import yaml
+
 from capgate.caps.errors import CapsError, Problem
 from capgate.caps.globs import compile_glob
 from capgate.caps.hosts import parse_host_pattern

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import yaml
+
 from capgate.caps.cel import CelCompileError, CelExpression, compile_expression
 from capgate.caps.model import (
     AUTH_PROVIDERS,

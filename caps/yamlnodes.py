@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import yaml
+
 from capgate.caps.errors import Problem
 
 _STR = "tag:yaml.org,2002:str"
@@ -40,7 +41,12 @@ def describe(node: yaml.Node) -> str:
 
 
 class NodeReader:
-    """Collects problems for one file while the loader reads its nodes."""
+    """Collects problems for one file while the loader reads its nodes.
+
+    Subclasses (the replay fixture loader) set `empty_message` for their kind of file.
+    """
+
+    empty_message = "empty file: expected a mapping with version, capabilities and roles"
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
@@ -78,7 +84,7 @@ class NodeReader:
                     self.filename,
                     1,
                     1,
-                    "empty file: expected a mapping with version, capabilities and roles",
+                    self.empty_message,
                 )
             )
             return None
@@ -94,8 +100,7 @@ class NodeReader:
             if id(node) in seen:
                 self.problem(
                     node,
-                    "YAML anchors and aliases (&name, *name) are not supported in caps.yaml; "
-                    "write the value out",
+                    "YAML anchors and aliases are not supported: write the value out",
                 )
                 found = True
                 continue

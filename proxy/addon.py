@@ -18,10 +18,11 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from capgate.broker.types import Decision
-from capgate.caps import CapsError
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.utils import human
+
+from capgate.broker.types import Decision
+from capgate.caps import CapsError
 
 from . import transforms
 from .flowstate import FlowState, finish, get_state, new_state

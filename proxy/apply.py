@@ -13,10 +13,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from mitmproxy import http
+
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.types import WireCredential
 from capgate.caps import BodyEdit, HeaderEdit, PathEdit, QueryEdit, apply_body_edit
-from mitmproxy import http
 
 MAX_HEADER_VALUE = 8192
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
 from capgate.broker.store import ControlStore

@@ -13,6 +13,7 @@ import os
 import webbrowser
 
 import click
+
 from capgate.broker.consent import Consent, ConsentError
 from capgate.broker.credential_rows import ACTIVE
 from capgate.broker.errors import CapgateError, FieldError, InvalidInput

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+
 from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError, NotFound
 from capgate.broker.home import Home

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+
 from capgate.caps import CapsConfig, CapsError, Problem, load_caps
 
 from .expectations import Mismatch, compare

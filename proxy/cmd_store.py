@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+
 from capgate.broker.credentials import CredentialSpec
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home, init_home

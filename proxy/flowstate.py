@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
 from mitmproxy import http
+
+from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
 
 from .policy import Destination
 from .ports import BrokerPort

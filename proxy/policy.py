@@ -13,8 +13,9 @@ import binascii
 import json
 from dataclasses import dataclass
 
-from capgate.caps import default_port, normalize_host
 from mitmproxy import http
+
+from capgate.caps import default_port, normalize_host
 
 REALM = "capgate"
 PROXY_AUTHORIZATION = "Proxy-Authorization"

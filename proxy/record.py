@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from capgate.broker.types import Activation, LeakPattern, PolicyDecision, Workspace
 from mitmproxy import connection, ctx, http
+
+from capgate.broker.types import Activation, LeakPattern, PolicyDecision, Workspace
 
 from .addon import CapgateAddon
 from .flowstate import DECISION_KEY, FlowState, get_state

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from capgate.broker.types import PolicyDecision
 from mitmproxy import connection, hooks, http, master, options
 from mitmproxy import log as mitmproxy_log
 from mitmproxy.proxy.layers.http import (
@@ -34,6 +33,8 @@ from mitmproxy.proxy.layers.http import (
     HttpResponseHeadersHook,
     HttpResponseHook,
 )
+
+from capgate.broker.types import PolicyDecision
 
 from .addon import CapgateAddon
 from .fixtures import Fixture, Message

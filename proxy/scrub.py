@@ -78,41 +78,50 @@ class Scrubber:
         )
 
     def stream(self) -> Callable[[bytes], bytes]:
-        """A chunk function for mitmproxy's `stream`; called with b"" at the end of the body.
+        """A chunk function for mitmproxy's `stream`; called with b"" at the end of the body."""
+        return stream_replacer(
+            self._regex, self._prefixes, self.max_len, lambda m: self._markers[m.group(0)]
+        )
 
-        At most `len(longest pattern) - 1` bytes are carried over between chunks, and only
-        when they could be the start of a pattern."""
-        pending = b""
-        keep = max(self.max_len - 1, 0)
-        regex = self._regex
 
-        def process(chunk: bytes) -> bytes:
-            nonlocal pending
-            if regex is None:
-                return chunk
-            data = pending + chunk
-            if not chunk:  # end of body: everything left is final
-                pending = b""
-                return self.scrub(data)
-            cut = hold_from(data, self._prefixes, keep)
-            if cut <= 0:
-                pending = data
-                return b""
-            out: list[bytes] = []
-            position = 0
-            for match in regex.finditer(data):
-                # A match starting before `cut` had every candidate fully in view.
-                if match.start() >= cut:
-                    break
-                out.append(data[position : match.start()])
-                out.append(self._markers[match.group(0)])
-                position = match.end()
-            emit_to = max(cut, position)
-            out.append(data[position:emit_to])
-            pending = data[emit_to:]
-            return b"".join(out)
+def stream_replacer(
+    regex: re.Pattern[bytes] | None,
+    prefixes: frozenset[bytes],
+    max_len: int,
+    replace: Callable[[re.Match[bytes]], bytes],
+) -> Callable[[bytes], bytes]:
+    """Replace every match of `regex` in a body that arrives in chunks (b"" ends it).
 
-        return process
+    At most `max_len - 1` bytes are carried over between chunks, and only when they could
+    be the start of a pattern, so a value split across two chunks is still found.
+    """
+    pending = b""
+    keep = max(max_len - 1, 0)
+
+    def process(chunk: bytes) -> bytes:
+        nonlocal pending
+        if regex is None:
+            return chunk
+        data = pending + chunk
+        cut = hold_from(data, prefixes, keep) if chunk else len(data)
+        if cut <= 0:
+            pending = data
+            return b""
+        out: list[bytes] = []
+        position = 0
+        for match in regex.finditer(data):
+            # A match starting before `cut` had every candidate fully in view.
+            if match.start() >= cut:
+                break
+            out.append(data[position : match.start()])
+            out.append(replace(match))
+            position = match.end()
+        emit_to = max(cut, position)
+        out.append(data[position:emit_to])
+        pending = data[emit_to:]
+        return b"".join(out)
+
+    return process
 
 
 class _Decompressor(Protocol):

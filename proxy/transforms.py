@@ -12,6 +12,8 @@ import dataclasses
 import logging
 from typing import Any
 
+from mitmproxy import http
+
 from capgate.broker.types import leak_patterns
 from capgate.caps import (
     AuthTransform,
@@ -23,7 +25,6 @@ from capgate.caps import (
     apply_body_edit,
     evaluate,
 )
-from mitmproxy import http
 
 from .apply import apply_edit, auth_slots, clear_slots, load_json_body, stamp, write_json_body
 from .flowstate import FlowState, path_without_query

@@ -16,7 +16,7 @@ from urllib.parse import unquote, unquote_plus
 
 from capgate.broker.types import MIN_TRIPWIRE_LENGTH, LeakPattern
 
-from .scrub import hold_from, proper_prefixes
+from .scrub import proper_prefixes, stream_replacer
 
 _BASIC = re.compile(r"^\s*basic\s+(\S+)\s*$", re.IGNORECASE)
 
@@ -80,36 +80,14 @@ class Tripwire:
     def stream(self, on_hit: Callable[[str], None]) -> Callable[[bytes], bytes]:
         """A chunk function for a streamed request body: reports the first hit, and never
         forwards matched bytes (they are overwritten with `*`, keeping the length)."""
-        pending = b""
-        keep = max(self.max_len - 1, 0)
-        regex = self._regex
         hit = False
 
-        def process(chunk: bytes) -> bytes:
-            nonlocal pending, hit
-            if regex is None:
-                return chunk
-            data = pending + chunk
-            final = not chunk
-            cut = len(data) if final else hold_from(data, self._prefixes, keep)
-            if cut <= 0:
-                pending = data
-                return b""
-            out: list[bytes] = []
-            position = 0
-            for match in regex.finditer(data):
-                if match.start() >= cut:
-                    break
-                if not hit:
-                    hit = True
-                    on_hit(self._labels[match.group(0)])
-                # Same length: a streamed body may be framed by Content-Length.
-                out.append(data[position : match.start()])
-                out.append(b"*" * (match.end() - match.start()))
-                position = match.end()
-            emit_to = max(cut, position)
-            out.append(data[position:emit_to])
-            pending = data[emit_to:]
-            return b"".join(out)
+        def mask(match: re.Match[bytes]) -> bytes:
+            nonlocal hit
+            if not hit:
+                hit = True
+                on_hit(self._labels[match.group(0)])
+            # Same length: a streamed body may be framed by Content-Length.
+            return b"*" * (match.end() - match.start())
 
-        return process
+        return stream_replacer(self._regex, self._prefixes, self.max_len, mask)

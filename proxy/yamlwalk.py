@@ -7,59 +7,26 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
-from capgate.caps import Problem
+
+from capgate.caps.yamlnodes import NodeReader, describe
 
 Node = yaml.Node
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 
 
-def describe(node: Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return {
-        _STR: "a string",
-        _INT: "a number",
-        "tag:yaml.org,2002:float": "a number",
-        "tag:yaml.org,2002:bool": "a boolean",
-        "tag:yaml.org,2002:null": "nothing (null)",
-    }.get(node.tag, f"a value tagged {node.tag}")
+class Walker(NodeReader):
+    """Collects the problems of one fixture file while the loader reads its nodes.
 
+    Composing, positions and wording are the caps loader's (`NodeReader`); this adds the
+    readers the fixture schema needs.
+    """
 
-class Walker:
-    """Collects the problems of one file while the loader reads its nodes."""
-
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.problems: list[Problem] = []
-
-    def problem(self, node: Node | None, message: str) -> None:
-        mark = node.start_mark if node is not None else None
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        self.problems.append(Problem(self.filename, line, column, message))
+    empty_message = "empty fixture file"
 
     @staticmethod
     def line(node: Node) -> int:
         return node.start_mark.line + 1
-
-    def compose(self, text: str) -> Node | None:
-        try:
-            root = yaml.compose(text, Loader=_LOADER)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            detail = " ".join(p for p in (exc.context, exc.problem) if p)
-            self.problems.append(Problem(self.filename, line, column, f"invalid YAML: {detail}"))
-            return None
-        except yaml.YAMLError as exc:
-            self.problems.append(Problem(self.filename, 1, 1, f"invalid YAML: {exc}"))
-            return None
-        if root is None:
-            self.problems.append(Problem(self.filename, 1, 1, "empty fixture file"))
-        return root
 
     def mapping(
         self, node: Node, where: str, allowed: Sequence[str], required: Sequence[str] = ()

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+
 from capgate.broker.home import Home, init_home
 from capgate.broker.stores import Stores
 from capgate.proxy.cli import main
-from click.testing import CliRunner, Result
 
 CANARY = "CANARY-cred-7f3a9c"
 

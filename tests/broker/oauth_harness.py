@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+
 from capgate.broker import audit
 from capgate.broker.credential_rows import CredentialRow, CredentialSpec
 from capgate.broker.oauth import UNSAFE_AUTHORIZE_ENV, UNSAFE_TOKEN_ENV
@@ -17,7 +18,6 @@ from capgate.broker.secretvalue import SecretValue
 from capgate.broker.service import Broker
 from capgate.broker.stores import Stores
 from capgate.broker.types import Activation, MintOutcome, Workspace
-
 from tests.oauth_server import OAuthServer
 
 OAUTH_PROVIDERS = ("google", "microsoft")

@@ -6,11 +6,12 @@ import json
 import os
 
 import pytest
+from click.testing import CliRunner
+
 from capgate.broker.home import Home
 from capgate.broker.resolution import resolve_names
 from capgate.broker.stores import Stores
 from capgate.proxy.cli import main
-from click.testing import CliRunner
 
 
 def vault_bytes(cli, file_bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from capgate.broker.minting import MINTERS, bearer_wire
 from capgate.broker.providers import PROVIDER_SLUGS, PROVIDERS, Kind
 from capgate.broker.secretvalue import SecretValue

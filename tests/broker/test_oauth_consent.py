@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+
 from capgate.broker.consent import Consent
 from capgate.broker.credential_rows import NEEDS_REAUTH
 from capgate.broker.home import Home
@@ -22,7 +23,6 @@ from capgate.broker.providers import PROVIDERS
 from capgate.broker.service import Broker
 from capgate.broker.stores import Stores
 from capgate.broker.types import ResolvedCredential
-
 from tests.broker.oauth_harness import point_at
 from tests.oauth_server import OAuthServer
 

@@ -8,6 +8,9 @@ import traceback
 
 import httpx
 import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
 from capgate.broker.errors import InvalidInput
 from capgate.broker.oauth import (
     UNSAFE_TOKEN_ENV,
@@ -19,9 +22,6 @@ from capgate.broker.oauth import (
 )
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.secretvalue import SecretValue
-from joserfc import jwt
-from joserfc.jwk import RSAKey
-
 from tests.oauth_server import make_service_account
 
 GOOGLE, MICROSOFT = PROVIDERS["google"], PROVIDERS["microsoft"]

@@ -7,8 +7,8 @@ import logging
 import socket
 
 import pytest
-from capgate.broker.oauth import UNSAFE_TOKEN_ENV
 
+from capgate.broker.oauth import UNSAFE_TOKEN_ENV
 from tests.broker.oauth_harness import MintEnv, bearer, mint_env_fixture, point_at  # noqa: F401
 from tests.oauth_server import OAuthServer
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from capgate.broker.oauth import UNPARSEABLE
 from capgate.broker.tokencache import TokenCache
-
 from tests.broker.oauth_harness import MintEnv, bearer, mint_env_fixture, point_at  # noqa: F401
 from tests.oauth_server import JWT_BEARER, OAuthServer, make_service_account
 

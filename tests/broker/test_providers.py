@@ -11,11 +11,30 @@ from capgate.broker.providers import (
     validate_credential_spec,
 )
 
-API_KEY_PROVIDERS = (
-    "anthropic openai gemini azure_openai slack_bot github_pat notion_token linear_pat "
-    "hubspot_pat discord_bot gitlab_token sendgrid pagerduty grafana databricks nvd "
-    "elevenlabs airtable splunk newrelic virustotal elasticsearch"
-).split()
+API_KEY_PROVIDERS = [
+    "anthropic",
+    "openai",
+    "gemini",
+    "azure_openai",
+    "slack_bot",
+    "github_pat",
+    "notion_token",
+    "linear_pat",
+    "hubspot_pat",
+    "discord_bot",
+    "gitlab_token",
+    "sendgrid",
+    "pagerduty",
+    "grafana",
+    "databricks",
+    "nvd",
+    "elevenlabs",
+    "airtable",
+    "splunk",
+    "newrelic",
+    "virustotal",
+    "elasticsearch",
+]
 LEGAL = {
     "google": {"oauth2_jwt_bearer", "oauth2_jwt_bearer_with_subject", "oauth2_authorization_code"},
     "microsoft": {"oauth2_authorization_code", "oauth2_client_credentials"},

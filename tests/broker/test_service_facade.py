@@ -11,7 +11,6 @@ from capgate.broker.secretvalue import SecretValue
 from capgate.broker.service import Broker
 from capgate.broker.stores import Stores
 from capgate.broker.types import PolicyDecision
-
 from tests.broker.oauth_harness import MintEnv, mint_env_fixture, point_at  # noqa: F401
 from tests.oauth_server import OAuthServer
 

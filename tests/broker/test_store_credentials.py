@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from capgate.broker import audit
 from capgate.broker.credentials import CredentialSpec
 from capgate.broker.errors import Conflict, InvalidInput, NotFound

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+
 from capgate.broker.errors import KeyFileError, NotInitialized, VaultError
 from capgate.broker.home import Home, init_home
 from capgate.broker.stores import Stores

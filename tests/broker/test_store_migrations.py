@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import init_home
 from capgate.broker.store import MIGRATIONS, SCHEMA_VERSION, connect, migrate, schema_version

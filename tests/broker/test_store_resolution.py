@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from capgate.broker.credential_rows import CredentialRow
 from capgate.broker.credentials import CredentialSpec
 from capgate.broker.errors import NotFound
 from capgate.broker.resolution import resolve, resolve_names
 from capgate.broker.secretvalue import SecretValue
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 BASE = CredentialRow(
     id="cred_org",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+
 from capgate.broker import audit
 from capgate.broker import workspaces as ws_module
 from capgate.broker.errors import Conflict, InvalidInput, NotFound

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+
 from capgate.broker.errors import VaultError
 from capgate.broker.home import read_key
 from capgate.broker.vault import Vault, key_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from capgate.caps import BodyEdit, BodyEditError, apply_body_edit
 
 

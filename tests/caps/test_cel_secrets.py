@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from capgate.caps.cel import CelCompileError, compile_expression
 
 

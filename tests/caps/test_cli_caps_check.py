@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from capgate.proxy.cli import main
 from click.testing import CliRunner
+
+from capgate.proxy.cli import main
 
 VALID = """\
 version: 1

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+
 from capgate.caps import (
     AuthTransform,
     BodyEdit,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from capgate.caps import default_port, normalize_host
 from capgate.caps.hosts import HostPattern, parse_host_pattern
 

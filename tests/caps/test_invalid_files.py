@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+
 from capgate.caps import CapsError, parse_caps
 
 HEAD = "version: 1\ncapabilities:\n"

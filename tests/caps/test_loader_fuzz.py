@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from capgate.caps import CapsConfig, CapsError, parse_caps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from capgate.caps import CapsConfig, CapsError, parse_caps
 
 CEL_ALPHABET = st.sampled_from(
     [*"secrets[]\"'()+-*/%.,:?!<>=&|{} abcxyz019_\\\n", "request", "workspace", "has("]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from capgate.caps import CapsConfig, parse_caps
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from capgate.caps import CapsConfig, parse_caps
 
 
 def config_of(*capabilities: dict, roles: dict | None = None) -> CapsConfig:

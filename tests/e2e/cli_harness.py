@@ -53,8 +53,9 @@ class CliHome:
     def cli(self, *args: str, stdin: str | None = None) -> str:
         """`capgate ARGS` in this process (CliRunner): another process than the proxy's,
         without paying the interpreter start-up."""
-        from capgate.proxy.cli import main
         from click.testing import CliRunner
+
+        from capgate.proxy.cli import main
 
         result = CliRunner().invoke(
             main,

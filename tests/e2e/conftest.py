@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from capgate.caps import normalize_host
 from capgate.proxy.memory_broker import MemoryBroker
 from capgate.proxy.ports import BrokerPort

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
-from capgate.proxy.policy import Destination, authority_mismatch, parse_authority, proxy_token
 from mitmproxy.test import tutils
+
+from capgate.proxy.policy import Destination, authority_mismatch, parse_authority, proxy_token
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from capgate.proxy.cli import main
 from click.testing import CliRunner
+
+from capgate.proxy.cli import main
 
 # The live-recording test runs a real proxy against the end-to-end suite's TLS echo upstream.
 from tests.e2e.conftest import pki, proxy_home, tls_upstream  # noqa: F401

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from capgate.proxy.fixtures import load_fixture, parse_fixture
 from capgate.proxy.memory_broker import MemoryBroker
 from capgate.proxy.record import RecordAddon
 from capgate.proxy.replay import Harness
 from capgate.proxy.runner import ProxySettings, ProxyThread, ca_cert_path
-
 from tests.e2e.conftest import TestResolver
 from tests.e2e.upstream import Upstream
 

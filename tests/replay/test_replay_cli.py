@@ -131,8 +131,9 @@ def test_one_broken_fixture_does_not_stop_the_others(replay, write_fixture) -> N
 
 
 def test_missing_caps_option_is_a_usage_error(replay, write_fixture) -> None:
-    from capgate.proxy.cli import main
     from click.testing import CliRunner
+
+    from capgate.proxy.cli import main
 
     result = CliRunner().invoke(main, ["replay", str(write_fixture(GOOD))])
 
