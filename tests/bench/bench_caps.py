@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import yaml
+
 from capgate.caps import RequestView, WorkspaceView, evaluate, parse_caps
 
 SIZES = (10, 1_000, 10_000)
