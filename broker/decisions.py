@@ -7,12 +7,11 @@ own SQLite connection writes batches (every FLUSH_INTERVAL_S or FLUSH_ROWS rows,
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,55 +27,56 @@ _STOP = object()
 
 
 class DecisionWriter:
-    """Batches PolicyDecision rows into control.db off the hot path. Thread-safe."""
+    """Batches PolicyDecision rows into control.db off the hot path. Thread-safe.
+
+    `record` only appends to a deque (atomic under the GIL; no lock, no thread wake-up):
+    the writer thread drains it every FLUSH_INTERVAL_S, or as soon as a full batch is
+    waiting, and once more on `close`.
+    """
 
     def __init__(self, control_db: Path) -> None:
         self._path = control_db
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._queued = 0  # rows queued and not yet written; guarded by _count_lock
-        self._count_lock = threading.Lock()
+        self._rows: collections.deque[PolicyDecision] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="capgate-decisions", daemon=True)
         self._thread.start()
 
     def record(self, decision: PolicyDecision) -> None:
         """Queue one row; never blocks. Rows beyond MAX_QUEUED are counted and dropped."""
-        with self._count_lock:
-            if self._queued >= MAX_QUEUED:
-                self.dropped += 1
-                return
-            self._queued += 1
-        self._queue.put(decision)
+        queued = len(self._rows)
+        if queued >= MAX_QUEUED:
+            self.dropped += 1
+            return
+        self._rows.append(decision)
+        if queued + 1 == FLUSH_ROWS:
+            self._wake.set()
 
     def close(self) -> None:
         """Write every queued row and stop the thread."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._stopping = True
+            self._wake.set()
             self._thread.join()
 
     def _run(self) -> None:
         conn = connect(self._path)
         try:
-            stopping = False
-            while not stopping:
-                batch, stopping = self._next_batch()
-                if batch:
-                    self._write(conn, batch)
+            while not self._stopping:
+                self._wake.wait(FLUSH_INTERVAL_S)
+                self._wake.clear()
+                self._drain(conn)
+            self._drain(conn)  # rows recorded before close() returned
         finally:
             conn.close()
 
-    def _next_batch(self) -> tuple[list[PolicyDecision], bool]:
-        batch: list[PolicyDecision] = []
-        deadline = time.monotonic() + FLUSH_INTERVAL_S
-        while len(batch) < FLUSH_ROWS:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
+    def _drain(self, conn: sqlite3.Connection) -> None:
+        while self._rows:
+            batch = []
+            while self._rows and len(batch) < FLUSH_ROWS:
+                batch.append(self._rows.popleft())
+            self._write(conn, batch)
 
     def _write(self, conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
         try:
@@ -84,9 +84,6 @@ class DecisionWriter:
                 conn.executemany(_INSERT, [_params(d) for d in batch])
         except sqlite3.Error as exc:
             log.error("could not write %d policy decisions: %s", len(batch), exc)
-        finally:
-            with self._count_lock:
-                self._queued -= len(batch)
 
 
 _COLUMNS = (

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,11 +68,27 @@ class CelCompileError(Exception):
 
 @dataclass(frozen=True)
 class CelExpression:
-    """A compiled transform value and the secret names it declares."""
+    """A compiled transform value and the secret names it declares.
+
+    `variables` are the top-level variables the expression may read (an over-estimate is
+    harmless: evaluation only builds what is listed). `parts` is set when the expression
+    is a plain concatenation of string literals, `secrets["name"]` and string fields of
+    `workspace` / `request`: those are computed directly, without the interpreter.
+    """
 
     source: str
     secrets: frozenset[str]
     program: Any = field(repr=False, compare=False, hash=False)
+    variables: frozenset[str] = frozenset({"request", "workspace", "secrets"})
+    parts: tuple[Part, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One operand of a direct concatenation: a literal, a secret, or a string field."""
+
+    kind: str  # "literal" | "secret" | "workspace" | "request"
+    text: str  # the literal text, the secret name or the field name
 
 
 class _Failed:
@@ -101,7 +118,63 @@ def compile_expression(source: str, *, allow_secrets: bool = True) -> CelExpress
         )
     if problems:
         raise CelCompileError(problems)
-    return CelExpression(source=source, secrets=frozenset(names), program=_program(tree))
+    return CelExpression(
+        source=source,
+        secrets=frozenset(names),
+        program=_program(tree),
+        variables=_variables(tree),
+        parts=concatenation(source),
+    )
+
+
+VARIABLES = frozenset({"request", "workspace", "secrets"})
+
+
+def _variables(tree: lark.Tree) -> frozenset[str]:
+    """Which of request / workspace / secrets the expression names anywhere."""
+    return frozenset(str(t) for t in tree.scan_values(lambda v: isinstance(v, lark.Token))) & (
+        VARIABLES
+    )
+
+
+# Operands the direct path understands; anything else (escapes, raw or triple-quoted
+# strings, calls, other fields, ints) leaves the expression to the interpreter.
+_OPERAND = re.compile(
+    r"""\s*(?:(?P<literal>"[^"\\\n]*"|'[^'\\\n]*')"""
+    r"""|secrets\[\s*(?P<secret>"[^"\\\n]*"|'[^'\\\n]*')\s*\]"""
+    r"""|(?P<variable>workspace|request)\.(?P<field>[A-Za-z_]+))\s*"""
+)
+STRING_FIELDS = {
+    "workspace": frozenset({"id", "role", "user"}),
+    "request": frozenset({"method", "scheme", "host", "path"}),
+}
+
+
+def concatenation(source: str) -> tuple[Part, ...] | None:
+    """The operands of `a + b + ...` when every one is a direct operand, else None."""
+    parts: list[Part] = []
+    position = 0
+    while True:
+        match = _OPERAND.match(source, position)
+        if match is None:
+            return None
+        parts.append(_part(match))
+        if parts[-1].kind in STRING_FIELDS and parts[-1].text not in STRING_FIELDS[parts[-1].kind]:
+            return None
+        position = match.end()
+        if position == len(source):
+            return tuple(parts)
+        if source[position] != "+":
+            return None
+        position += 1
+
+
+def _part(match: re.Match[str]) -> Part:
+    if match["literal"] is not None:
+        return Part("literal", match["literal"][1:-1])
+    if match["secret"] is not None:
+        return Part("secret", match["secret"][1:-1])
+    return Part(match["variable"], match["field"])
 
 
 def _parse(source: str) -> lark.Tree:

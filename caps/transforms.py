@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from capgate.caps.cel import FAILED, NotPlain, run, secrets_to_cel, to_plain
+from capgate.caps.cel import FAILED, NotPlain, Part, run, secrets_to_cel, to_plain
 from capgate.caps.errors import BodyEditError
 from capgate.caps.model import (
     AuthTransform,
@@ -83,12 +83,18 @@ def evaluate(
     scoped = {name: secrets[name] for name in transform.secrets}
     if not all(isinstance(value, str) for value in scoped.values()):
         raise TypeError("secret values must be passed to evaluate() as plain str")
-    activation = {
-        "request": request.cel_value,
-        "workspace": workspace.cel_value,
-        "secrets": secrets_to_cel(scoped),
-    }
-    result = run(transform.value, activation)
+    expression = transform.value
+    if expression.parts is not None:
+        return _edit(transform, _concatenate(expression.parts, request, workspace, scoped))
+    # Build only the variables the expression names: the request map is the costly one.
+    activation: dict[str, Any] = {}
+    if "request" in expression.variables:
+        activation["request"] = request.cel_value
+    if "workspace" in expression.variables:
+        activation["workspace"] = workspace.cel_value
+    if "secrets" in expression.variables:
+        activation["secrets"] = secrets_to_cel(scoped)
+    result = run(expression, activation)
     if result is FAILED:
         return TransformFailure(transform.label, "cel_error")
     try:
@@ -96,6 +102,26 @@ def evaluate(
     except NotPlain:
         return TransformFailure(transform.label, "type_error")
     return _edit(transform, value)
+
+
+def _concatenate(
+    parts: tuple[Part, ...],
+    request: RequestView,
+    workspace: WorkspaceView,
+    secrets: Mapping[str, str],
+) -> str:
+    """A direct concatenation (see `CelExpression.parts`): the interpreter's result."""
+    pieces = []
+    for part in parts:
+        if part.kind == "literal":
+            pieces.append(part.text)
+        elif part.kind == "secret":
+            pieces.append(secrets[part.text])
+        elif part.kind == "workspace":
+            pieces.append(getattr(workspace, part.text))
+        else:
+            pieces.append(getattr(request, part.text))
+    return "".join(pieces)
 
 
 def _removal(transform: Transform) -> Edit:

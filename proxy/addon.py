@@ -37,9 +37,9 @@ from .policy import (
 )
 from .ports import BrokerPort
 from .reload import CapsWatcher
-from .scrub import Scrubber, can_decode, for_mitmproxy, scrubbing_stream
+from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
-from .tripwire import Tripwire
+from .tripwire import tripwire_for
 
 logger = logging.getLogger("capgate.addon")
 
@@ -180,7 +180,7 @@ class CapgateAddon:
         assert state.workspace is not None
         activation = self.sessions.activation(state.workspace, config, version)
         state.activation = activation
-        tripwire = Tripwire(activation.leak_patterns)
+        tripwire = tripwire_for(activation.leak_patterns)
         if tripwire:
             state.tripwire = tripwire
             label = transforms.find_leak_in_head(tripwire, flow.request, state.dest)
@@ -275,7 +275,7 @@ class CapgateAddon:
         if not state.scrub:
             response.stream = True
             return
-        scrubber = Scrubber(state.scrub)
+        scrubber = scrubber_for(tuple(state.scrub))
         for name, value in list(response.headers.items(multi=True)):
             cleaned = scrubber.scrub_text(value)
             if cleaned != value:
@@ -303,7 +303,7 @@ class CapgateAddon:
             for name in state.oauth:
                 self.broker.drop_token(state.activation, name)
         if state.scrub and not response.stream:
-            transforms.scrub_buffered(response, Scrubber(state.scrub))
+            transforms.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
         finish(self.broker, flow, state, response.status_code)
 
     def error(self, flow: http.HTTPFlow) -> None:

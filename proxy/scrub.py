@@ -8,6 +8,7 @@ Content-Encoding incrementally so that compressed streams can be scrubbed too.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -192,6 +193,14 @@ class StreamDecoder:
             return self._decoder.decompress(chunk)
         except Exception as exc:  # zlib.error, brotli.error, zstd.ZstdError
             raise ValueError("corrupt compressed stream") from exc
+
+
+@functools.lru_cache(maxsize=256)
+def scrubber_for(patterns: tuple[LeakPattern, ...]) -> Scrubber:
+    """A compiled Scrubber per distinct pattern set: the set changes only when the
+    activation or the matched capability does, not per request. `Sessions` clears this
+    cache whenever the broker's generation moves, so no deleted value lingers in it."""
+    return Scrubber(patterns)
 
 
 def for_mitmproxy(process: Callable[[bytes], bytes]) -> Callable[[bytes], list[bytes]]:

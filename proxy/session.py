@@ -11,6 +11,8 @@ from capgate.broker.types import Activation, Workspace
 from capgate.caps import CapsConfig
 
 from .ports import BrokerPort
+from .scrub import scrubber_for
+from .tripwire import tripwire_for
 
 MAX_CACHED = 10_000
 
@@ -29,6 +31,9 @@ class Sessions:
             self._generation = generation
             self._workspaces.clear()
             self._activations.clear()
+            # Compiled patterns hold values too: a deleted one must not linger in memory.
+            scrubber_for.cache_clear()
+            tripwire_for.cache_clear()
 
     def workspace(self, token: str) -> Workspace | None:
         found = self._workspaces.get(token)

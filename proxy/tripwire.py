@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote, unquote_plus
@@ -91,3 +92,9 @@ class Tripwire:
             return b"*" * (match.end() - match.start())
 
         return stream_replacer(self._regex, self._prefixes, self.max_len, mask)
+
+
+@functools.lru_cache(maxsize=256)
+def tripwire_for(patterns: tuple[LeakPattern, ...]) -> Tripwire:
+    """A compiled Tripwire per activation's pattern set (cleared with `scrubber_for`)."""
+    return Tripwire(patterns)

@@ -129,7 +129,7 @@ def test_undeclared_secret_is_absent_from_the_activation(monkeypatch):
 
     monkeypatch.setattr(transforms, "run", spy)
 
-    run(header('secrets["a"]'), {"a": "A", "b": "B"})
+    run(header('secrets["a"] == "" ? "empty" : secrets["a"]'), {"a": "A", "b": "B"})
 
     assert seen == {"a": "A"}
 
