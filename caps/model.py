@@ -282,6 +282,18 @@ class Capability:
     def needs_body(self) -> bool:
         return any(isinstance(t, BodyTransform) for t in self.transforms)
 
+    @cached_property
+    def reads_request_maps(self) -> bool:
+        """Whether a transform's CEL may read `request.headers` / `request.query`.
+
+        Direct concatenations read only scalar fields, so a view without the two maps
+        serves them; the maps (the costly part of a request view) are built otherwise.
+        """
+        return any(
+            value is not None and value.parts is None and "request" in value.variables
+            for value in (getattr(t, "value", None) for t in self.transforms)
+        )
+
     def allows_request(self, scheme: str, method: str, path: str) -> bool:
         """Whether scheme, method and path match (the host is the index's business)."""
         if scheme not in self.schemes:

@@ -37,14 +37,19 @@ AUTH_UNAVAILABLE = "auth_unavailable"
 logger = logging.getLogger("capgate.transforms")
 
 
-def request_view(request: http.Request, dest: Destination, path: str) -> RequestView:
+def request_view(
+    request: http.Request, dest: Destination, path: str, with_maps: bool = True
+) -> RequestView:
+    """What CEL sees of the request as the agent sent it; `with_maps=False` leaves the
+    header and query maps empty when no transform of the capability can read them."""
     headers: dict[str, str] = {}
-    for name, value in request.headers.items(multi=True):
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
     query: dict[str, str] = {}
-    for name, value in request.query.items(multi=True):
-        query.setdefault(name, value)
+    if with_maps:
+        for name, value in request.headers.items(multi=True):
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        for name, value in request.query.items(multi=True):
+            query.setdefault(name, value)
     return RequestView(
         method=request.method,
         scheme=dest.scheme,
@@ -87,7 +92,9 @@ def _evaluate(state: FlowState, transform: Any) -> Any:
 async def apply_head(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState) -> None:
     request = flow.request
     assert state.dest is not None and state.activation is not None
-    state.view = request_view(request, state.dest, state.path)
+    state.view = request_view(
+        request, state.dest, state.path, with_maps=state.capability.reads_request_maps
+    )
     for transform in state.capability.transforms:
         if isinstance(transform, BodyTransform):
             state.body_transforms.append(transform)
@@ -169,11 +176,7 @@ def apply_body(flow: http.HTTPFlow, state: FlowState) -> None:
 
 
 def find_leak_in_head(tripwire: Tripwire, request: http.Request, dest: Destination) -> str | None:
-    return (
-        tripwire.find_in_url(request.host)
-        or tripwire.find_in_url(request.path)
-        or tripwire.find_in_headers(request.headers.items(multi=True))
-    )
+    return tripwire.find_in_head(request.host, request.path, request.headers.fields)
 
 
 def redacted_path(state: FlowState, request: http.Request) -> str:

@@ -48,28 +48,40 @@ class Tripwire:
     def _find_text(self, text: str) -> str | None:
         return self.find(text.encode("utf-8", "surrogateescape"))
 
-    def find_in_url(self, url: str) -> str | None:
-        """`url` is the request target as the agent sent it (path and query)."""
-        for form in (url, unquote(url), unquote_plus(url)):
-            if label := self._find_text(form):
+    def find_in_head(
+        self, host: str, target: str, header_fields: Iterable[tuple[bytes, bytes]]
+    ) -> str | None:
+        """Host, request target and headers (raw name/value bytes) in one pass.
+
+        Everything is searched as one blob, then once percent-decoded (both URL forms),
+        then `Basic` values decoded: a few searches per request instead of several per
+        header. A pattern spanning two joined parts only makes the check stricter.
+        """
+        fields = list(header_fields)
+        blob = b"\n".join(
+            [host.encode("utf-8", "surrogateescape"), target.encode("utf-8", "surrogateescape")]
+            + [name + b": " + value for name, value in fields]
+        )
+        if label := self.find(blob):
+            return label
+        if b"%" in blob or b"+" in blob:
+            text = blob.decode("utf-8", "surrogateescape")
+            if label := self._find_text(unquote(text)) or self._find_text(unquote_plus(text)):
+                return label
+        for _, value in fields:
+            if value[:6].lower() == b"basic " and (label := self._find_basic(value)):
                 return label
         return None
 
-    def find_in_headers(self, headers: Iterable[tuple[str, str]]) -> str | None:
-        for name, value in headers:
-            if label := self._find_text(name) or self._find_text(value):
-                return label
-            if label := self._find_text(unquote(value)):
-                return label
-            basic = _BASIC.match(value)
-            if basic:
-                try:
-                    decoded = base64.b64decode(basic.group(1) + "==", validate=False)
-                except (binascii.Error, ValueError):
-                    continue
-                if label := self.find(decoded):
-                    return label
-        return None
+    def _find_basic(self, value: bytes) -> str | None:
+        basic = _BASIC.match(value.decode("latin-1"))
+        if basic is None:
+            return None
+        try:
+            decoded = base64.b64decode(basic.group(1) + "==", validate=False)
+        except (binascii.Error, ValueError):
+            return None
+        return self.find(decoded)
 
     def find_in_body(self, body: bytes) -> str | None:
         if label := self.find(body):
