@@ -25,6 +25,7 @@ from capgate.broker.types import Decision
 from capgate.caps import CapsError
 
 from . import transforms
+from .apply import drop_headers
 from .flowstate import FlowState, finish, get_state, new_state
 from .policy import (
     PROXY_AUTHORIZATION,
@@ -108,7 +109,7 @@ class CapgateAddon:
         token = self.tunnels.get(flow.client_conn)
         if token is None:
             token = proxy_token(flow.request)
-        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        drop_headers(flow.request.headers, (PROXY_AUTHORIZATION,))
         self.sessions.refresh()
         workspace = self.sessions.workspace(token) if token else None
         if workspace is None:
@@ -140,7 +141,7 @@ class CapgateAddon:
         state = new_state(flow)
         state.path = ""
         token = proxy_token(flow.request)
-        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        drop_headers(flow.request.headers, (PROXY_AUTHORIZATION,))
         self.sessions.refresh()
         workspace = self.sessions.workspace(token) if token else None
         if workspace is None or self.watcher is None:

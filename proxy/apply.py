@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.types import WireCredential
@@ -60,14 +61,59 @@ def auth_slots(provider: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return headers, query
 
 
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # as mitmproxy's Headers encode str
+
+
+def drop_headers(headers: http.Headers, names: Iterable[str]) -> None:
+    """Remove every value of these header names (case-insensitive), in one pass over the
+    raw fields (mitmproxy's `pop` of an absent name costs a raised KeyError)."""
+    lowered = {_bytes(name.lower()) for name in names}
+    fields = headers.fields
+    kept = tuple(field for field in fields if field[0].lower() not in lowered)
+    if len(kept) != len(fields):
+        headers.fields = kept
+
+
+def set_header(headers: http.Headers, name: str, value: str) -> None:
+    """Replace every value of `name` with one `value`."""
+    lowered = _bytes(name.lower())
+    kept = tuple(field for field in headers.fields if field[0].lower() != lowered)
+    headers.fields = (*kept, (_bytes(name), _bytes(value)))
+
+
+def header_names(headers: http.Headers) -> set[bytes]:
+    return {field[0].lower() for field in headers.fields}
+
+
+def edit_query(
+    request: http.Request, drop: Iterable[str] = (), add: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Remove every value of the `drop` names, then append `add`, re-encoding the query
+    once (mitmproxy's `query` view re-parses the whole URL on every access)."""
+    drop = set(drop)
+    target, hash_, fragment = request.path.partition("#")
+    path, _, query = target.partition("?")
+    fields = url.decode(query) if query else []
+    kept = [field for field in fields if field[0] not in drop]
+    if len(kept) == len(fields) and not add:
+        return
+    kept.extend(add)
+    encoded = url.encode(kept)
+    request.path = path + ("?" + encoded if encoded else "") + hash_ + fragment
+
+
+def query_names(request: http.Request) -> set[str]:
+    query = request.path.partition("#")[0].partition("?")[2]
+    return {name for name, _ in url.decode(query)} if query else set()
+
+
 def clear_slots(request: http.Request, headers: Sequence[str], query: Sequence[str]) -> None:
     """Remove every agent-supplied value under these names (never fail open)."""
-    for name in headers:
-        request.headers.pop(name, None)
-    if query and request.query:
-        for name in query:
-            if name in request.query:
-                del request.query[name]
+    if headers:
+        drop_headers(request.headers, headers)
+    if query:
+        edit_query(request, drop=query)
 
 
 def stamp(request: http.Request, wire: WireCredential) -> str | None:
@@ -76,15 +122,17 @@ def stamp(request: http.Request, wire: WireCredential) -> str | None:
         if header_problem(name, secret.reveal()) is not None:
             return "invalid_header_value"
     for name, secret in wire.headers:
-        request.headers[name] = secret.reveal()
-    for name, secret in wire.query:
-        request.query.set_all(name, [secret.reveal()])
-    for name, value in wire.companion_headers:
-        if name not in request.headers and header_problem(name, value) is None:
-            request.headers[name] = value
-    for name, value in wire.companion_query:
-        if name not in request.query:
-            request.query[name] = value
+        set_header(request.headers, name, secret.reveal())
+    if wire.companion_headers:
+        present = header_names(request.headers)
+        for name, value in wire.companion_headers:
+            if _bytes(name.lower()) not in present and header_problem(name, value) is None:
+                request.headers.fields = (*request.headers.fields, (_bytes(name), _bytes(value)))
+    if wire.query or wire.companion_query:
+        present_params = query_names(request)
+        companions = [(n, v) for n, v in wire.companion_query if n not in present_params]
+        stamped = [(name, secret.reveal()) for name, secret in wire.query]
+        edit_query(request, drop=[name for name, _ in stamped], add=stamped + companions)
     return None
 
 
@@ -95,22 +143,24 @@ def apply_edit(request: http.Request, edit: Any) -> str | None:
         if problem:
             return problem
         if edit.action == "remove":
-            request.headers.pop(edit.name, None)
+            drop_headers(request.headers, [edit.name])
         elif edit.action == "append":
-            request.headers.add(edit.name, edit.value or "")
+            request.headers.fields = (
+                *request.headers.fields,
+                (_bytes(edit.name), _bytes(edit.value or "")),
+            )
         else:
-            request.headers[edit.name] = edit.value or ""
+            set_header(request.headers, edit.name, edit.value or "")
         return None
     if isinstance(edit, QueryEdit):
         if edit.value is not None and _BAD_VALUE.search(edit.value):
             return "invalid_query_value"
         if edit.action == "remove":
-            if edit.name in request.query:
-                del request.query[edit.name]
+            edit_query(request, drop=[edit.name])
         elif edit.action == "append":
-            request.query.add(edit.name, edit.value or "")
+            edit_query(request, add=[(edit.name, edit.value or "")])
         else:
-            request.query.set_all(edit.name, [edit.value or ""])
+            edit_query(request, drop=[edit.name], add=[(edit.name, edit.value or "")])
         return None
     if isinstance(edit, PathEdit):
         path = edit.path
