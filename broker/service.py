@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from .types import (
     MintOutcome,
     PolicyDecision,
     ResolvedCredential,
+    WireCredential,
     Workspace,
     leak_patterns,
 )
@@ -143,6 +144,8 @@ class Broker:
         self._http_timeout = http_timeout
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._static: dict[str, SecretValue] = {}  # cred id -> durable value (static kinds)
+        # cred id -> (value, row, its rendered wire): reused while both are the same objects
+        self._wires: dict[str, tuple[SecretValue, ResolvedCredential, WireCredential]] = {}
         self._fingerprints: dict[str, str] = {}  # cred id -> row fingerprint at activation
         self._cooldown: dict[str, float] = {}  # cred id -> monotonic time of the next try
         self._decisions = DecisionWriter(stores.home.control_db)
@@ -215,7 +218,8 @@ class Broker:
                 value = self._static.get(cred.id)
                 if value is None:
                     value = await self._read_static(cred)
-                return MintOutcome(credential_name, minter.wire(provider, cred, value))
+                wire = self._wire(cred, value, lambda: minter.wire(provider, cred, value))
+                return MintOutcome(credential_name, wire)
             if self._cooldown.get(cred.id, 0.0) > time.monotonic():
                 return unavailable(credential_name, "retry_later")  # honouring Retry-After
             env = MintEnv(self._http(), self.endpoints, self._values)
@@ -231,7 +235,8 @@ class Broker:
                 self._cooldown[cred.id] = time.monotonic() + pause
             return unavailable(credential_name, exc.code)
         self._cooldown.pop(cred.id, None)
-        return MintOutcome(credential_name, bearer_wire(provider, cred, token))
+        wire = self._wire(cred, token, lambda: bearer_wire(provider, cred, token))
+        return MintOutcome(credential_name, wire)
 
     def drop_token(self, activation: Activation, credential_name: str) -> None:
         """Forget the cached token (the upstream answered 401): the next request re-mints."""
@@ -282,6 +287,18 @@ class Broker:
                 await asyncio.to_thread(self._values.report, cred, exc)
             raise
 
+    def _wire(
+        self, cred: ResolvedCredential, value: SecretValue, render: Callable[[], WireCredential]
+    ) -> WireCredential:
+        """The rendered wire credential for this exact value and row (a new token or a
+        re-activation renders again); rendering base64 scrub forms per request is waste."""
+        cached = self._wires.get(cred.id)
+        if cached is not None and cached[0] is value and cached[1] is cred:
+            return cached[2]
+        wire = render()
+        self._wires[cred.id] = (value, cred, wire)
+        return wire
+
     def _forget_changed(self) -> None:
         """Drop cached tokens and values of credentials deleted or changed since activation."""
         ids = self.tokens.credential_ids() | set(self._static) | set(self._fingerprints)
@@ -293,6 +310,7 @@ class Broker:
             if now is None or now != self._fingerprints.get(cred_id):
                 self.tokens.invalidate(cred_id)
                 self._static.pop(cred_id, None)
+                self._wires.pop(cred_id, None)
             if now is None:
                 self._fingerprints.pop(cred_id, None)
             else:
