@@ -24,9 +24,10 @@ from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError, NotFound
 from capgate.broker.home import Home
 from capgate.broker.stores import Stores
-from capgate.caps import CapsError, load_caps
+from capgate.caps import CapsError
 
 from .record import record_addons
+from .reload import preload
 from .runner import (
     ProxySettings,
     ProxyThread,
@@ -62,7 +63,7 @@ def _fail(message: str, code: int) -> None:
 
 def _check_caps(path: Path) -> None:
     try:
-        load_caps(path)
+        preload(path)
     except CapsError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

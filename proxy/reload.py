@@ -26,6 +26,26 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+# Start-up validates the file before mitmproxy starts (`preload`); the watcher the addon
+# builds in `configure` then reuses that result instead of compiling the file again.
+_preloaded: dict[Path, tuple[tuple[int, int, int] | None, CapsConfig]] = {}
+
+
+def preload(path: Path) -> CapsConfig:
+    """Load and validate `path` (CapsError when invalid), for the watcher to reuse."""
+    stamp = _stamp(path)
+    config = load_caps(path)
+    _preloaded[path.resolve()] = (stamp, config)
+    return config
+
+
+def _take_preloaded(path: Path, stamp: tuple[int, int, int] | None) -> CapsConfig | None:
+    found = _preloaded.pop(path.resolve(), None)
+    if found is None or stamp is None or found[0] != stamp:
+        return None  # the file changed since: compile it afresh
+    return found[1]
+
+
 class CapsWatcher:
     """The current configuration of one caps.yaml file; `version` moves on each swap."""
 
@@ -39,7 +59,9 @@ class CapsWatcher:
         self.interval = interval
         self._loader = loader
         self._stamp = _stamp(path)
-        self.config = loader(path)  # CapsError here: refuse to start on a bad file
+        preloaded = _take_preloaded(path, self._stamp) if loader is load_caps else None
+        # CapsError here: refuse to start on a bad file
+        self.config = preloaded if preloaded is not None else loader(path)
         self.version = 1
         self._checked = time.monotonic()
 
