@@ -14,7 +14,7 @@ from capgate.caps.hosts import HostPattern
 from capgate.caps.matcher import Matcher
 
 # The closed provider enum of PROVIDERS.md. caps/ may not import broker/, so the slugs are
-# repeated here; a test in the broker suite should check both lists agree.
+# repeated here; tests/broker/test_provider_enum_agreement.py checks both lists agree.
 AUTH_PROVIDERS: tuple[str, ...] = (
     "google",
     "microsoft",
