@@ -29,6 +29,11 @@ BUSY_TIMEOUT_MS = 10_000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
+# The org id that commands reading a never-created org act on: it matches no row (real ids
+# are `org_` + 16 hex digits), so the org reads as empty and is not created by a read.
+ABSENT_ORG = "org_absent"
+
+
 def new_id(prefix: str) -> str:
     """A random, unguessable row id such as `cred_3f9a0c...`."""
     return f"{prefix}_{secrets.token_hex(8)}"
@@ -236,6 +241,18 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRAT
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
+# Every table with an org_id column: an org is unused when none of them names it.
+_ORG_TABLES = (
+    "users",
+    "credentials",
+    "secrets",
+    "workspaces",
+    "agent_tokens",
+    "audit_events",
+    "policy_decisions",
+)
+
+
 # --- the store ------------------------------------------------------------------------
 
 
@@ -295,6 +312,24 @@ class ControlStore:
                 row = conn.execute("SELECT id FROM orgs WHERE name = ?", (org,)).fetchall()
         self._org_ids[org] = row[0]["id"]
         return self._org_ids[org]
+
+    def find_org_id(self, org: str) -> str | None:
+        """The id of the org named `org`, or None when it does not exist (never creates)."""
+        try:
+            return self.org_id(org)
+        except NotFound:
+            return None
+
+    def drop_org_if_unused(self, org_id: str) -> bool:
+        """Delete an org row that nothing refers to (undoing an org created by a call that
+        was then rejected); True when it was deleted."""
+        refs = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {table} WHERE org_id = :id)" for table in _ORG_TABLES
+        )
+        with self.write() as conn:
+            done = conn.execute(f"DELETE FROM orgs WHERE id = :id AND {refs}", {"id": org_id})
+        self._org_ids = {k: v for k, v in self._org_ids.items() if v != org_id}
+        return done.rowcount == 1
 
     def org_name(self, org_id: str) -> str:
         rows = self.query("SELECT name FROM orgs WHERE id = ?", (org_id,))

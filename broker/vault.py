@@ -101,6 +101,8 @@ class Vault:
         home.require_initialized()
         read_key(home.key_file)  # fail on a bad key before touching the store
         conn = connect(home.vault_db)
+        # A deleted entry's bytes are zeroed, not left in free pages of vault.db.
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute(VAULT_SCHEMA)
         return cls(home, conn)
 
@@ -120,6 +122,7 @@ class Vault:
         ref = f"vault_{secrets.token_hex(16)}"
         with self._rotation_lock(fcntl.LOCK_SH), self._lock:
             self._reload_if_key_changed()
+            self._check_key_matches()
             kek = self._keyring.keys[self._keyring.active_id]
             row = _seal(kek, self._keyring.active_id, org_id, kind, ref, plaintext)
             with immediate(self._conn) as conn:
@@ -131,9 +134,18 @@ class Vault:
         return ref
 
     def delete(self, ref: str) -> None:
-        """Remove an entry (no error when it is already gone)."""
-        with self._lock, immediate(self._conn) as conn:
-            conn.execute("DELETE FROM entries WHERE ref = ?", (ref,))
+        """Remove an entry (no error when it is already gone) and scrub its bytes.
+
+        secure_delete zeroes the freed cells; the checkpoint copies the zeroed pages into
+        vault.db and truncates the WAL, which still held the old page images.
+        """
+        with self._lock:
+            with immediate(self._conn) as conn:
+                conn.execute("DELETE FROM entries WHERE ref = ?", (ref,))
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reading ---------------------------------------------------------------------
 
@@ -198,7 +210,20 @@ class Vault:
                 replace_file(key_path.with_name("key.old"), encode_key(old))
             os.replace(new_path, key_path)
             self._keyring = _load_keyring(self.home)
+            self._checkpoint()  # no data key wrapped under the old KEK stays in the WAL
             return count
+
+    def _check_key_matches(self) -> None:
+        """Refuse to write under a key file that cannot unwrap the stored entries (a wrong
+        or replaced key): the vault would be split between two keys. Call it holding the
+        rotation lock, so a rotation under way is not mistaken for a wrong key."""
+        stored = {r[0] for r in self._conn.execute("SELECT DISTINCT kek_id FROM entries")}
+        unknown = sorted(stored - set(self._keyring.keys))
+        if unknown:
+            raise KeyFileError(
+                f"key file {self.home.key_file} does not match the vault: its entries were "
+                f"encrypted under key id {', '.join(unknown)}; restore the matching key file"
+            )
 
     def _entries_under(self, kek_id: str) -> bool:
         sql = "SELECT 1 FROM entries WHERE kek_id = ? LIMIT 1"

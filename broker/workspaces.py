@@ -63,6 +63,8 @@ def token_sha256(token: str) -> str:
 def _lookup_prefix(token: str) -> str | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + LOOKUP_CHARS:
         return None
+    if not token.isascii():  # tokens are URL-safe base64; a lone surrogate cannot be hashed
+        return None
     return token[len(TOKEN_PREFIX) : len(TOKEN_PREFIX) + LOOKUP_CHARS]
 
 
@@ -204,9 +206,9 @@ class Workspaces:
         constant time. Records last_used_at at most once a minute per token.
         """
         prefix = _lookup_prefix(token)
-        digest = token_sha256(token)
         if prefix is None:
             return None
+        digest = token_sha256(token)
         rows = self._store.query(
             "SELECT t.id AS token_id, t.sha256, w.id, w.org_id, o.name AS org, w.role,"
             " w.user_id, u.name AS user FROM agent_tokens t"

@@ -23,6 +23,7 @@ import click
 from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError, NotFound
 from capgate.broker.home import Home
+from capgate.broker.store import ABSENT_ORG, check_name
 from capgate.broker.stores import Stores
 from capgate.caps import CapsError
 
@@ -188,6 +189,8 @@ def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbos
     _check_caps(caps_path)
     home: Path = ctx.obj.home
     try:
+        check_name("role", role)  # before anything is written for a call that will fail
+        check_name("user", user_name)
         stores = Stores.open(Home(home))
         org_id = stores.control.org_id(ctx.obj.org, create=True)
         _ensure_user(stores, org_id, user_name)
@@ -283,7 +286,8 @@ def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> No
     """Recent policy decisions (one per request), oldest first."""
     try:
         stores = Stores.open(Home(ctx.obj.home))
-        org_id = None if all_orgs else stores.control.org_id(ctx.obj.org, create=True)
+        # A read: an org never created has no rows (and is not created here).
+        org_id = None if all_orgs else (stores.control.find_org_id(ctx.obj.org) or ABSENT_ORG)
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
     ctx.call_on_close(stores.close)

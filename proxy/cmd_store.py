@@ -21,6 +21,7 @@ from capgate.broker.credentials import CredentialSpec
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home, init_home
 from capgate.broker.secretvalue import SecretValue
+from capgate.broker.store import ABSENT_ORG
 from capgate.broker.stores import Stores
 
 
@@ -33,30 +34,57 @@ def _fail(message: str, code: int) -> None:
     raise click.exceptions.Exit(code)
 
 
+_NEW_ORG = "capgate.new_org"
+
+
 def handles_errors(command: Callable) -> Callable:
-    """Turn a CapgateError into its message on stderr and its exit code."""
+    """Turn a CapgateError into its message on stderr and its exit code.
+
+    A rejected call writes nothing: an org that this call created is removed again.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except CapgateError as exc:
+            _drop_new_org(click.get_current_context())
             _fail(str(exc), exc.exit_code)
 
     return wrapper
 
 
-def _stores(ctx: click.Context) -> tuple[Stores, str]:
-    """Open the home's stores and the id of the org the command acts in."""
+def _stores(ctx: click.Context, *, create: bool = False) -> tuple[Stores, str]:
+    """Open the home's stores and the id of the org the command acts in.
+
+    Only commands that create rows (`create`) create the org on first use.
+    """
     stores = Stores.open(Home(ctx.obj.home))
     ctx.call_on_close(stores.close)
-    return stores, stores.control.org_id(ctx.obj.org, create=True)
+    org_id = stores.control.find_org_id(ctx.obj.org)
+    if org_id is not None:
+        return stores, org_id
+    if not create:
+        return stores, ABSENT_ORG
+    org_id = stores.control.org_id(ctx.obj.org, create=True)
+    ctx.meta[_NEW_ORG] = (stores, org_id)
+    return stores, org_id
+
+
+def _drop_new_org(ctx: click.Context) -> None:
+    created = ctx.meta.pop(_NEW_ORG, None)
+    if created is not None:
+        stores, org_id = created
+        stores.control.drop_org_if_unused(org_id)
 
 
 def _read_value(from_file: Path | None, *, optional: bool = False) -> SecretValue | None:
     """The value from --from-file or stdin; None when empty (or stdin is a terminal)."""
     if from_file is not None:
-        data = from_file.read_bytes()
+        try:
+            data = from_file.read_bytes()
+        except OSError as exc:
+            _fail(f"cannot read {from_file}: {exc.strerror or type(exc).__name__}", 2)
     else:
         stdin = sys.stdin.buffer
         if stdin.isatty():
@@ -89,7 +117,10 @@ def _parse_config(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--config")
+            # Not echoed: a value pasted here by mistake must not reach logs as well.
+            raise click.BadParameter(
+                "expected KEY=VALUE (a non-empty KEY, then '=')", param_hint="--config"
+            )
         config[key] = value
     return config
 
@@ -193,7 +224,7 @@ def cred_add(ctx, name, provider, kind, user, as_json, from_file, client_secret_
     client_secret = _read_value(client_secret_file) if client_secret_file else None
     if client_secret_file and client_secret is None:
         _fail("--client-secret-file is empty", 2)
-    stores, org_id = _stores(ctx)
+    stores, org_id = _stores(ctx, create=True)
     row = stores.credentials.add(org_id, spec, value, client_secret=client_secret, actor=_actor())
     _emit(as_json, row.to_json(), f"added credential {_label(row)}")
 
@@ -296,7 +327,7 @@ def secret() -> None:
 def secret_set(ctx, name, from_file, as_json) -> None:
     """Store a new secret read from stdin or --from-file (no in-place update)."""
     value = _read_value(from_file) or SecretValue("")
-    stores, org_id = _stores(ctx)
+    stores, org_id = _stores(ctx, create=True)
     row = stores.secrets.set(org_id, name, value, actor=_actor())
     _emit(as_json, row.to_json(), f"stored secret {name}")
 
@@ -339,7 +370,7 @@ def user() -> None:
 @handles_errors
 def user_add(ctx, name, operator, as_json) -> None:
     """Add a user to the org."""
-    stores, org_id = _stores(ctx)
+    stores, org_id = _stores(ctx, create=True)
     row = stores.workspaces.add_user(org_id, name, operator=operator, actor=_actor())
     _emit(as_json, row.to_json(), f"added user {name}")
 
@@ -369,7 +400,7 @@ def workspace() -> None:
 @handles_errors
 def workspace_create(ctx, role, user_name, as_json) -> None:
     """Create a workspace; prints its id and agent token (shown only this once)."""
-    stores, org_id = _stores(ctx)
+    stores, org_id = _stores(ctx, create=True)
     ws, token = stores.workspaces.create(org_id, role, user_name)
     if as_json:
         click.echo(json.dumps({"id": ws.id, "token": token}))
