@@ -145,8 +145,13 @@ def ca_command(ctx) -> None:
 def agent_environment(
     base: dict[str, str], proxy_url: str, bundle: Path, ca_cert: Path, no_proxy: str
 ) -> dict[str, str]:
-    """CMD's environment: proxy variables, NO_PROXY, and every common CA-trust variable."""
-    env = dict(base)
+    """CMD's environment: proxy variables, NO_PROXY, and every common CA-trust variable.
+
+    capgate's own settings (CAPGATE_HOME, CAPGATE_ORG, CAPGATE_UNSAFE_*, ...) are not
+    passed on: the agent has no business knowing where the home is or how minting is
+    configured.
+    """
+    env = {name: value for name, value in base.items() if not name.startswith("CAPGATE_")}
     for name in (
         "HTTP_PROXY",
         "HTTPS_PROXY",

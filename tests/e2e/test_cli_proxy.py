@@ -322,3 +322,28 @@ def test_recorded_traffic_replays_green_and_holds_no_value(
     for canary in (GITHUB, TENANT, MS_CLIENT_SECRET):
         assert not any(form in text for form in _forms(canary))
     assert "{{credential:github}}" in text
+
+
+def test_exec_passes_no_capgate_setting_to_the_command(
+    cli_home: CliHome, caps_file: Path, pki: TestPki
+) -> None:
+    # given a home chosen through CAPGATE_HOME (and an unsafe endpoint override set)
+    done = cli_home.run(
+        "exec",
+        "--caps",
+        str(caps_file),
+        "--role",
+        "researcher",
+        "--user",
+        "alice",
+        "--upstream-ca",
+        str(pki.ca_pem),
+        "--",
+        "env",
+        check=False,
+    )
+    # then the agent sees the proxy and CA variables, and nothing of capgate's own
+    assert done.returncode == 0, done.stderr
+    names = {line.partition("=")[0] for line in done.stdout.splitlines()}
+    assert {"HTTPS_PROXY", "SSL_CERT_FILE"} <= names
+    assert not [name for name in names if name.startswith("CAPGATE_")]
