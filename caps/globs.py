@@ -46,7 +46,8 @@ def _check_glob(glob: str) -> None:
 
 
 def has_dot_segment(path: str) -> bool:
-    """Whether a path holds a `.` or `..` segment, also percent-encoded or with `\\`.
+    """Whether a path holds a `.` or `..` segment, also percent-encoded, with `\\` or
+    with `;params`.
 
     Servers resolve these after routing, so `/repos/../admin` would escape a glob on
     `/repos/**`; the matcher therefore lets such a path match only capabilities that do
@@ -55,7 +56,8 @@ def has_dot_segment(path: str) -> bool:
     if "." not in path and "%" not in path:
         return False
     decoded = unquote(unquote(path)).replace("\\", "/")
-    return any(segment in (".", "..") for segment in decoded.split("/"))
+    # `..;x` is `..` to servers that drop path parameters (Tomcat, Spring, Jetty).
+    return any(segment.partition(";")[0] in (".", "..") for segment in decoded.split("/"))
 
 
 def strip_query(path: str) -> str:

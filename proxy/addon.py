@@ -33,8 +33,10 @@ from .policy import (
     connect_destination,
     deny_response,
     destination,
+    pin_destination,
     proxy_auth_required,
     proxy_token,
+    request_problem,
 )
 from .ports import BrokerPort
 from .reload import CapsWatcher
@@ -50,6 +52,8 @@ BUFFER_RESPONSE_MAX = 1024 * 1024
 # Request bodies up to this size (with a Content-Length) are buffered so the tripwire can
 # refuse them before a byte reaches the upstream; larger ones are streamed and scanned.
 BUFFER_REQUEST_MAX = 64 * 1024
+# The scrub patterns of an upgraded WebSocket flow, kept for its messages.
+WEBSOCKET_SCRUB = "capgate.websocket_scrub"
 
 
 class CapgateAddon:
@@ -151,6 +155,7 @@ class CapgateAddon:
             state.dest = connect_destination(flow.request)
         except ValueError:
             return self._deny(flow, state, 403, "bad_destination")
+        pin_destination(flow.request, state.dest)
         self.watcher.poll()
         config = self.watcher.config
         if config.unmatched == "deny":
@@ -176,6 +181,9 @@ class CapgateAddon:
             return self._deny(flow, state, 403, "bad_destination")
         if authority_mismatch(flow.request, state.dest):
             return self._deny(flow, state, 403, "host_mismatch")
+        if problem := request_problem(flow.request):
+            return self._deny(flow, state, 400, problem)
+        pin_destination(flow.request, state.dest)
         self.watcher.poll()
         config, version = self.watcher.config, self.watcher.version
         assert state.workspace is not None
@@ -277,10 +285,10 @@ class CapgateAddon:
             response.stream = True
             return
         scrubber = scrubber_for(tuple(state.scrub))
-        for name, value in list(response.headers.items(multi=True)):
-            cleaned = scrubber.scrub_text(value)
-            if cleaned != value:
-                transforms.replace_header_value(response, name, value, cleaned)
+        transforms.scrub_headers(response.headers, scrubber)
+        status = response.status_code
+        if status < 200 or status in (204, 304):
+            return  # no body to frame; after a 101 `response` decides what may follow
         content_type = response.headers.get("content-type", "").lower()
         length = response.headers.get("content-length")
         small = length is not None and length.isdigit() and int(length) <= BUFFER_RESPONSE_MAX
@@ -303,9 +311,32 @@ class CapgateAddon:
         if response.status_code == 401 and state.oauth and state.activation is not None:
             for name in state.oauth:
                 self.broker.drop_token(state.activation, name)
-        if state.scrub and not response.stream:
+        if state.scrub and response.status_code == 101:
+            self._upgrade(flow, response, state)
+        elif state.scrub and not response.stream:
             transforms.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
+        if state.scrub and response.trailers:
+            transforms.scrub_headers(response.trailers, scrubber_for(tuple(state.scrub)))
         finish(self.broker, flow, state, response.status_code)
+
+    def _upgrade(self, flow: http.HTTPFlow, response: http.Response, state: FlowState) -> None:
+        """After an upgrade capgate can scrub WebSocket messages (`websocket_message`), but
+        not a raw byte stream: any other protocol is refused when values were injected."""
+        if flow.websocket is None:
+            transforms.refuse_unscrubbable(response)
+        else:
+            flow.metadata[WEBSOCKET_SCRUB] = tuple(state.scrub)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        patterns = flow.metadata.get(WEBSOCKET_SCRUB)
+        if not patterns or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        if message.from_client:
+            return
+        cleaned = scrubber_for(patterns).scrub(message.content)
+        if cleaned != message.content:
+            message.content = cleaned
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)

@@ -39,6 +39,31 @@ def connect_destination(request: http.Request) -> Destination:
     return Destination("https", normalize_host(request.host), request.port)
 
 
+def pin_destination(request: http.Request, dest: Destination) -> None:
+    """Make mitmproxy connect to the host the policy matched, spelled as matched.
+
+    mitmproxy decodes an A-label (`xn--fa-hia.test` arrives as `faß.test`) and the
+    resolver encodes it again with IDNA 2003, which maps `ß` to `ss`: the connection
+    would go to `fass.test` while the policy matched `xn--fa-hia.test` (UTS-46). The
+    Host header is left as the agent wrote it (it already names the same destination).
+    """
+    if request.host != dest.host:
+        request.data.host = dest.host
+
+
+def request_problem(request: http.Request) -> str | None:
+    """A request shape capgate refuses before matching: `bad_target` for a fragment in
+    the request target (not valid HTTP; an upstream that keeps `#` as a path character
+    resolves `/ok#/../admin` past the path glob), `bad_header` for a header value with
+    CR, LF or NUL (an obs-fold, which mitmproxy would forward as a folded line)."""
+    if "#" in request.path:
+        return "bad_target"
+    for _, value in request.headers.fields:
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            return "bad_header"
+    return None
+
+
 def parse_authority(value: str, scheme: str) -> tuple[str, int]:
     """`host`, `host:port`, `[v6]` or `[v6]:port` → (normalised host, port with default)."""
     value = value.strip()
@@ -118,6 +143,8 @@ DENY_MESSAGES = {
     "bad_destination": "capgate: the destination host is not a valid name or address",
     "length_required": "capgate: a request body that capgate edits needs a Content-Length",
     "body_too_large": "capgate: the request body is larger than capgate buffers",
+    "bad_target": "capgate: the request target is not a valid path",
+    "bad_header": "capgate: a request header value contains a line break",
 }
 
 

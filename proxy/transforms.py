@@ -188,9 +188,32 @@ def redacted_path(state: FlowState, request: http.Request) -> str:
     return path_without_query(scrubber.scrub_text(request.path))
 
 
-def replace_header_value(message: http.Response, name: str, old: str, new: str) -> None:
-    values = message.headers.get_all(name)
-    message.headers.set_all(name, [new if v == old else v for v in values])
+def scrub_headers(headers: http.Headers, scrubber: Scrubber) -> None:
+    """Scrub every header value; drop a header whose *name* carries a value (a marker
+    is no valid header name)."""
+    fields = headers.fields
+    cleaned = tuple(
+        (name, scrubber.scrub(value)) for name, value in fields if scrubber.scrub(name) == name
+    )
+    if cleaned != fields:
+        headers.fields = cleaned
+
+
+UNSCRUBBABLE = (
+    b'{"error": "capgate: the upstream answered in a form capgate cannot scrub", '
+    b'"reason": "unscrubbable_response"}'
+)
+
+
+def refuse_unscrubbable(response: http.Response) -> None:
+    """Replace an answer capgate cannot look into (an unknown or stacked Content-Encoding,
+    a non-WebSocket protocol upgrade) with a 502: never pass on bytes unscrubbed."""
+    response.status_code = 502
+    response.reason = "Bad Gateway"
+    for name in ("content-encoding", "upgrade", "connection"):
+        response.headers.pop(name, None)
+    response.headers["content-type"] = "application/json"
+    response.set_content(UNSCRUBBABLE)
 
 
 def scrub_buffered(response: http.Response, scrubber: Scrubber) -> None:
@@ -198,12 +221,10 @@ def scrub_buffered(response: http.Response, scrubber: Scrubber) -> None:
     try:
         content = response.get_content(strict=True)
     except ValueError:
-        # Undecodable: scrub the bytes as they are and stop claiming an encoding.
-        raw = response.raw_content or b""
-        cleaned = scrubber.scrub(raw)
-        if cleaned != raw:
-            response.headers.pop("content-encoding", None)
-            response.set_content(cleaned)
+        # Undecodable (`gzip, gzip`, an unknown coding, corrupt data): the agent might
+        # still unpack what capgate cannot, so the body is not passed on.
+        if response.raw_content:
+            refuse_unscrubbable(response)
         return
     if not content:
         return

@@ -11,6 +11,7 @@ or come back to the agent.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,6 +169,186 @@ ATTACKS: tuple[Attack, ...] = (
         403,
         "deny",
         "host_mismatch",
+    ),
+    Attack(
+        "host_header_with_port_and_trailing_dot_after_port",
+        lambda c: c.api("/repos/x", host_header=f"api.test:{c.tls.port}."),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "host_header_with_userinfo",
+        lambda c: c.api("/repos/x", host_header=f"agent@api.test:{c.tls.port}"),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "host_header_percent_encoded",
+        lambda c: c.api("/repos/x", host_header=f"api%2etest:{c.tls.port}"),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "host_header_with_two_authorities",
+        lambda c: c.api("/repos/x", host_header=f"api.test:{c.tls.port}, other.test"),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "host_header_empty",
+        lambda c: c.api("/repos/x", host_header=""),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "absolute_form_inside_tunnel_names_other_host",
+        lambda c: c.api(f"https://other.test:{c.tls.port}/rest/x"),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "absolute_form_inside_tunnel_names_other_port",
+        lambda c: c.api(
+            f"http://api.test:{c.plain.port}/repos/x", host_header=f"api.test:{c.plain.port}"
+        ),
+        403,
+        "deny",
+        "host_mismatch",
+    ),
+    Attack(
+        "connect_decimal_ipv4_to_unlisted_port",
+        lambda c: c.tunnel(f"2130706433:{c.tls.port}", path="/repos/x", sni="localhost"),
+        403,
+        "deny",
+        "no_capability",
+    ),
+    Attack(
+        "absolute_form_hex_ipv4_over_plain_http_to_https_capability",
+        lambda c: via_absolute(c.proxy.port, c.world.token, f"http://0x7f.1:{c.plain.port}/x"),
+        403,
+        "deny",
+        "plaintext",
+    ),
+    Attack(
+        "absolute_form_userinfo_in_url",
+        lambda c: via_absolute(
+            c.proxy.port,
+            c.world.token,
+            f"http://api.test@localhost:{c.plain.port}/x",
+            host_header=f"localhost:{c.plain.port}",
+        ),
+        400,
+        None,
+    ),
+    # -- paths: a glob must not be escaped by what the upstream resolves ---------------------
+    Attack(
+        "dot_dot_segment_escapes_glob",
+        lambda c: c.api("/repos/../admin"),
+        403,
+        "deny",
+        "no_capability",
+    ),
+    Attack(
+        "encoded_dot_dot_segment_escapes_glob",
+        lambda c: c.api("/repos/%2e%2E/admin"),
+        403,
+        "deny",
+        "no_capability",
+    ),
+    Attack(
+        "encoded_slash_dot_dot_escapes_glob",
+        lambda c: c.api("/repos/x%2f..%2f..%2fadmin"),
+        403,
+        "deny",
+        "no_capability",
+    ),
+    Attack(
+        "dot_dot_with_path_parameter_escapes_glob",
+        # Tomcat/Spring (and others) drop `;params` and then resolve `..`.
+        lambda c: c.api("/repos/x/..;/..;/admin"),
+        403,
+        "deny",
+        "no_capability",
+    ),
+    Attack(
+        "fragment_in_request_target_hides_dot_dot",
+        # A target with `#` is not valid HTTP; an upstream that keeps it as a path
+        # character resolves `/user#/../admin` to `/admin`. Refused outright.
+        lambda c: c.api("/user#/../admin"),
+        400,
+        "deny",
+        "bad_target",
+    ),
+    Attack(
+        "lower_case_method_matches_its_upper_case",
+        # Methods are matched upper-cased; `get` is forwarded as sent. Only a method whose
+        # upper case is listed can match, so this widens nothing (judgement: allowed; the
+        # echo upstream, case-sensitive as RFC 9110 says, answers 501 itself and so logs
+        # nothing: `reaches_upstream` reads that log).
+        lambda c: c.api("/repos/x", method="get"),
+        501,
+        "allow",
+        None,
+    ),
+    Attack(
+        "unlisted_method_in_lower_case",
+        lambda c: c.api("/repos/x", method="delete"),
+        403,
+        "deny",
+        "no_capability",
+    ),
+    # -- framing: request smuggling through the proxy ----------------------------------------
+    Attack(
+        "content_length_and_transfer_encoding",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Transfer-Encoding", "chunked"), ("Content-Length", "5")],
+            body=b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        ),
+        400,
+        None,
+    ),
+    Attack(
+        "duplicate_differing_content_length",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Content-Length", "3"), ("Content-Length", "40")],
+            body=b"abcGET /admin HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        ),
+        400,
+        None,
+    ),
+    Attack(
+        "transfer_encoding_not_chunked_last",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Transfer-Encoding", "chunked, identity")],
+            body=b"0\r\n\r\n",
+        ),
+        400,
+        None,
+    ),
+    Attack(
+        "obs_fold_hides_a_second_authorization",
+        # mitmproxy keeps an obs-fold as CRLF+SP inside the value and would forward it; an
+        # upstream that reads the folded line as a header of its own would get the agent's
+        # Authorization next to the stamped one. Refused (RFC 9112 5.2 allows 400).
+        lambda c: c.api(
+            "/repos/x",
+            headers=[("X-Note", "a\r\n Authorization: Bearer agent-own")],
+        ),
+        400,
+        "deny",
+        "bad_header",
     ),
     # -- normalisation: other spellings of the same destination are that destination --------
     Attack(
@@ -407,6 +588,32 @@ ATTACKS: tuple[Attack, ...] = (
             method="POST",
             headers=[("Content-Type", "application/json")],
             body=json.dumps({"note": TENANT_SECRET}).encode(),
+        ),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+    ),
+    Attack(
+        "tripwire_secret_in_gzip_request_body",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Content-Encoding", "gzip")],
+            body=gzip.compress(json.dumps({"note": TENANT_SECRET}).encode()),
+        ),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+    ),
+    Attack(
+        "tripwire_secret_in_multipart_body",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Content-Type", "multipart/form-data; boundary=b")],
+            body=(
+                f"--b\r\nContent-Disposition: form-data; name=f\r\n\r\n{TENANT_SECRET}\r\n--b--\r\n"
+            ).encode(),
         ),
         403,
         "tripwire",
