@@ -191,12 +191,12 @@ class Broker:
                 continue
             if value is None:
                 continue
-            patterns.extend(leak_patterns(f"credential:{name}", value))
+            patterns.extend(leak_patterns(f"credential:{name}", value, embedded=True))
             if kind in STATIC_KINDS:
                 self._static[row.id] = value
         secrets = self.stores.secrets.values(workspace.org_id, secret_names)
         for name, value in sorted(secrets.items()):
-            patterns.extend(leak_patterns(f"secret:{name}", value))
+            patterns.extend(leak_patterns(f"secret:{name}", value, embedded=True))
         return Activation(
             workspace=workspace,
             credentials={name: row.resolved() for name, row in rows.items()},

@@ -67,11 +67,36 @@ class LeakPattern:
         return f"LeakPattern({self.label!r}, [REDACTED])"
 
 
-def leak_patterns(label: str, value: SecretValue) -> tuple[LeakPattern, ...]:
-    """The raw and base64 forms of a value, as tripwire or scrub patterns."""
+def leak_patterns(
+    label: str, value: SecretValue, *, embedded: bool = False
+) -> tuple[LeakPattern, ...]:
+    """The raw and base64 forms of a value, as tripwire or scrub patterns.
+
+    `embedded` adds what the tripwire needs: the stable middle of the value's base64 at
+    each of the three byte offsets it can start at inside a longer encoded string (as in
+    `base64("user:" + value)`), and its hex forms. Those are detection patterns, not
+    scrub patterns: replacing part of a base64 string would corrupt the response.
+    """
     raw = value.reveal_bytes()
     forms = {raw, base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
+    if embedded:
+        forms |= {raw.hex().encode(), raw.hex().upper().encode()}
+        forms |= set(_embedded_base64(raw))
     return tuple(LeakPattern(label, form) for form in sorted(forms))
+
+
+def _embedded_base64(raw: bytes) -> list[bytes]:
+    """For each offset 0-2 of `raw` inside a longer byte string, the base64 characters that
+    depend only on `raw`: the chars touched by the unknown bytes before and after are cut."""
+    cores = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw)
+        start = (offset * 4 + 2) // 3  # first char computed only from `raw`'s bytes
+        end = (4 * (offset + len(raw))) // 3  # later chars mix in the bytes that follow
+        core = encoded[start:end]
+        if len(core) >= MIN_TRIPWIRE_LENGTH:
+            cores += [core, core.replace(b"+", b"-").replace(b"/", b"_")]
+    return cores
 
 
 @dataclass(frozen=True)

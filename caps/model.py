@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from capgate.caps.cel import CelExpression, record
-from capgate.caps.globs import has_dot_segment, strip_query
+from capgate.caps.globs import decode_slashes, has_dot_segment, strip_query
 from capgate.caps.hosts import HostPattern
 from capgate.caps.matcher import Matcher
 
@@ -308,7 +308,12 @@ class Capability:
             return True
         if has_dot_segment(path):
             return False
-        return any(p.match(path) for p in self.path_patterns)
+        if not any(p.match(path) for p in self.path_patterns):
+            return False
+        # An upstream that decodes %2F (or %5C) before routing sees more segments than the
+        # glob did: `/repos/*/issues` must not admit `/repos/a%2Fadmin/issues`.
+        slashed = decode_slashes(path)
+        return slashed == path or any(p.match(slashed) for p in self.path_patterns)
 
     def matches(self, scheme: str, host: str, port: int, method: str, path: str) -> bool:
         """The linear, index-free check of all five parts (host already normalised)."""

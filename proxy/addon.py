@@ -52,8 +52,9 @@ BUFFER_RESPONSE_MAX = 1024 * 1024
 # Request bodies up to this size (with a Content-Length) are buffered so the tripwire can
 # refuse them before a byte reaches the upstream; larger ones are streamed and scanned.
 BUFFER_REQUEST_MAX = 64 * 1024
-# The scrub patterns of an upgraded WebSocket flow, kept for its messages.
-WEBSOCKET_SCRUB = "capgate.websocket_scrub"
+# What an upgraded WebSocket flow's messages are checked with: (scrub patterns, tripwire,
+# workspace), kept on the flow.
+WEBSOCKET_GUARD = "capgate.websocket"
 
 
 class CapgateAddon:
@@ -311,7 +312,7 @@ class CapgateAddon:
         if response.status_code == 401 and state.oauth and state.activation is not None:
             for name in state.oauth:
                 self.broker.drop_token(state.activation, name)
-        if state.scrub and response.status_code == 101:
+        if response.status_code == 101:
             self._upgrade(flow, response, state)
         elif state.scrub and not response.stream:
             transforms.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
@@ -320,23 +321,36 @@ class CapgateAddon:
         finish(self.broker, flow, state, response.status_code)
 
     def _upgrade(self, flow: http.HTTPFlow, response: http.Response, state: FlowState) -> None:
-        """After an upgrade capgate can scrub WebSocket messages (`websocket_message`), but
-        not a raw byte stream: any other protocol is refused when values were injected."""
+        """After an upgrade capgate can scrub and trip on WebSocket messages, but not on a
+        raw byte stream: any other protocol is refused when values were injected."""
         if flow.websocket is None:
-            transforms.refuse_unscrubbable(response)
-        else:
-            flow.metadata[WEBSOCKET_SCRUB] = tuple(state.scrub)
+            if state.scrub:
+                transforms.refuse_unscrubbable(response)
+            return
+        if state.scrub or state.tripwire:
+            flow.metadata[WEBSOCKET_GUARD] = (tuple(state.scrub), state.tripwire, state.workspace)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        patterns = flow.metadata.get(WEBSOCKET_SCRUB)
-        if not patterns or flow.websocket is None:
+        guard = flow.metadata.get(WEBSOCKET_GUARD)
+        if guard is None or flow.websocket is None:
             return
+        patterns, tripwire, workspace = guard
         message = flow.websocket.messages[-1]
         if message.from_client:
+            label = tripwire.find_in_body(message.content) if tripwire else None
+            if label is not None:
+                logger.warning(
+                    "tripwire: a WebSocket message from workspace %s carries the value of %s;"
+                    " not forwarded",
+                    workspace.id if workspace else "-",
+                    label,
+                )
+                message.drop()
             return
-        cleaned = scrubber_for(patterns).scrub(message.content)
-        if cleaned != message.content:
-            message.content = cleaned
+        if patterns:
+            cleaned = scrubber_for(patterns).scrub(message.content)
+            if cleaned != message.content:
+                message.content = cleaned
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)

@@ -154,13 +154,13 @@ class MemoryBroker:
             entry = self._credentials.get((workspace.org_id, name))
             if entry is not None:
                 credentials[name] = entry.row
-                patterns.extend(leak_patterns(f"credential:{name}", entry.value))
+                patterns.extend(leak_patterns(f"credential:{name}", entry.value, embedded=True))
         values: dict[str, SecretValue] = {}
         for name in sorted(set(secret_names)):
             secret = self._secrets.get((workspace.org_id, name))
             if secret is not None:
                 values[name] = secret
-                patterns.extend(leak_patterns(f"secret:{name}", secret))
+                patterns.extend(leak_patterns(f"secret:{name}", secret, embedded=True))
         return Activation(
             workspace=workspace,
             credentials=credentials,

@@ -138,6 +138,26 @@ def test_dot_segments_do_not_escape_a_path_glob():
     assert matched(config, path="/repos/%2e%2e/admin") is None
 
 
+def test_path_params_on_dot_segments_do_not_escape_a_path_glob():
+    config = config_of(cap("a", "api.example.com", paths=["/repos/**"]))
+
+    assert matched(config, path="/repos/x/..;/..;/admin") is None
+
+
+def test_encoded_slashes_cannot_add_segments_to_a_single_segment_glob():
+    config = config_of(cap("a", "api.example.com", paths=["/repos/*/issues"]))
+
+    assert matched(config, path="/repos/a%2Fadmin/issues") is None
+    assert matched(config, path="/repos/a%5cadmin/issues") is None
+    assert matched(config, path="/repos/a%20b/issues") == "a"
+
+
+def test_encoded_slashes_are_fine_where_the_glob_spans_segments():
+    config = config_of(cap("a", "api.example.com", paths=["/files/**"]))
+
+    assert matched(config, path="/files/dir%2Fname.txt") == "a"
+
+
 def test_could_match_answers_for_the_destination_alone():
     config = config_of(cap("a", "api.example.com", paths=["/only"], methods=["PUT"]))
     matcher = config.matcher("r")

@@ -566,6 +566,20 @@ ATTACKS: tuple[Attack, ...] = (
         "secret:tenant-id",
     ),
     Attack(
+        "tripwire_secret_base64_encoded_inside_a_longer_string",
+        lambda c: c.api("/repos/x", headers=[("X-Blob", _b64("ctx=" + TENANT_SECRET + ";"))]),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+    ),
+    Attack(
+        "tripwire_credential_hex_encoded_in_query",
+        lambda c: c.api(f"/repos/x?d={GITHUB_TOKEN.encode().hex()}"),
+        403,
+        "tripwire",
+        "credential:github",
+    ),
+    Attack(
         "tripwire_base64_secret_in_header",
         lambda c: c.api("/repos/x", headers=[("X-Blob", _b64(TENANT_SECRET))]),
         403,

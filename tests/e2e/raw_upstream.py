@@ -59,6 +59,10 @@ class RawUpstream:
     port: int
     requests: list[bytes] = field(default_factory=list)
     respond: Respond = lambda raw: b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+    # Seconds to keep reading after the answer (e.g. WebSocket frames after a 101); what
+    # arrives goes to `after_answer`.
+    linger: float = 0.0
+    after_answer: list[bytes] = field(default_factory=list)
     _sock: socket.socket | None = None
     _tls: ssl.SSLContext | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -80,10 +84,20 @@ class RawUpstream:
             raw = _read_request(conn)
             self.requests.append(raw)
             conn.sendall(self.respond(raw))
+            if self.linger:
+                self._read_after(conn)
         except (OSError, ssl.SSLError):
             pass
         finally:
             conn.close()
+
+    def _read_after(self, conn: socket.socket) -> None:
+        conn.settimeout(self.linger)
+        try:
+            while data := conn.recv(65536):
+                self.after_answer.append(data)
+        except (TimeoutError, OSError, ssl.SSLError):
+            pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -433,6 +433,65 @@ def test_upstream_cannot_echo_the_credential_past_the_scrubber(
         _no_canary(layer)
 
 
+def _masked_text_frame(payload: bytes) -> bytes:
+    """A client-to-server WebSocket text frame (clients must mask)."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+@pytest.mark.parametrize(
+    ("payload", "forwarded"),
+    [
+        pytest.param(b"hello upstream", True, id="ordinary_message"),
+        pytest.param(b"leak: " + GITHUB_TOKEN.encode(), False, id="message_carrying_credential"),
+    ],
+)
+def test_websocket_messages_from_the_agent_go_through_the_tripwire(
+    payload, forwarded, raw_proxy, memory_world, raw_upstream
+):
+    """After an upgrade, a message from the agent that carries a stored value is dropped
+    (the tripwire); other messages are forwarded."""
+    raw_upstream.linger = 1.0
+    raw_upstream.respond = lambda raw: (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
+    target = f"api.test:{raw_upstream.port}"
+    tunnel = Tunnel(raw_proxy.port, memory_world.token, target, raw_proxy.ca, "api.test")
+    try:
+        tunnel.conn.sendall(
+            (
+                f"GET /repos/x HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ).encode()
+        )
+        tunnel.conn.settimeout(2)
+        assert b" 101 " in tunnel.conn.recv(65536)
+        tunnel.conn.sendall(_masked_text_frame(payload))
+        time.sleep(1.2)
+    finally:
+        tunnel.close()
+    arrived = b"".join(raw_upstream.after_answer)
+    unmasked = _unmask_all(arrived)
+    assert (payload in unmasked) is forwarded
+    assert GITHUB_TOKEN.encode() not in unmasked
+
+
+def _unmask_all(data: bytes) -> bytes:
+    """Payloads of the (masked, short) client frames in `data`, concatenated."""
+    out, i = b"", 0
+    while i + 6 <= len(data):
+        length = data[i + 1] & 0x7F
+        mask = data[i + 2 : i + 6]
+        body = data[i + 6 : i + 6 + length]
+        out += bytes(b ^ mask[j % 4] for j, b in enumerate(body))
+        i += 6 + length
+    return out
+
+
 def _decoded_layers(received: bytes) -> list[bytes]:
     """Every gzip member the agent could unpack from the reply, repeatedly."""
     found, todo = [], [received]
