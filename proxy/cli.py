@@ -53,7 +53,9 @@ def _register() -> None:
     # instead of breaking `import capgate.proxy.cli` for every command.
     import importlib
 
-    for module_name in ("cmd_caps", "cmd_store", "cmd_oauth", "cmd_proxy", "cmd_replay"):
+    # Order matters: cmd_oauth attaches `cred connect` to the group cmd_cred registers.
+    command_modules = ("cmd_caps", "cmd_store", "cmd_cred", "cmd_oauth", "cmd_proxy", "cmd_replay")
+    for module_name in command_modules:
         try:
             module = importlib.import_module(f"capgate.proxy.{module_name}")
         except ModuleNotFoundError as exc:

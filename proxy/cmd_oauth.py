@@ -115,8 +115,8 @@ def _connect(
 
 
 def register(main: click.Group) -> None:
-    # cli.py registers cmd_store before this module; command modules do not import each other.
+    # cli.py registers cmd_cred before this module; command modules do not import each other.
     cred = main.commands.get("cred")
     if not isinstance(cred, click.Group):
-        raise RuntimeError("cmd_oauth needs the `cred` group of cmd_store to be registered first")
+        raise RuntimeError("cmd_oauth needs the `cred` group of cmd_cred to be registered first")
     cred.add_command(connect)
