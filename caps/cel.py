@@ -311,11 +311,6 @@ def _token_is_secrets(node: lark.Tree) -> bool:
 # --- evaluation ------------------------------------------------------------------------
 
 
-def to_cel(value: Any) -> Any:
-    """A plain Python value (str, int, float, bool, None, list, dict) as a CEL value."""
-    return celpy.json_to_cel(value)
-
-
 def _string(text: str) -> celtypes.StringType:
     return str.__new__(celtypes.StringType, text)
 

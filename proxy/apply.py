@@ -18,7 +18,7 @@ from mitmproxy.net.http import url
 
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.types import WireCredential
-from capgate.caps import BodyEdit, HeaderEdit, PathEdit, QueryEdit, apply_body_edit
+from capgate.caps import HeaderEdit, PathEdit, QueryEdit
 
 MAX_HEADER_VALUE = 8192
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
@@ -178,17 +178,6 @@ def load_json_body(request: http.Request) -> Any:
     if not content:
         raise ValueError("empty body")
     return json.loads(content)
-
-
-def apply_body_edits(document: Any, edits: Sequence[BodyEdit]) -> tuple[Any, dict[int, str]]:
-    """Apply pointer edits in order; failures by position, the rest still applied."""
-    failures: dict[int, str] = {}
-    for position, edit in enumerate(edits):
-        try:
-            document = apply_body_edit(document, edit)
-        except (KeyError, IndexError, TypeError, ValueError):
-            failures[position] = "pointer_error"
-    return document, failures
 
 
 def write_json_body(request: http.Request, document: Any) -> None:
