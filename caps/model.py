@@ -121,8 +121,18 @@ class AuthTransform:
         return frozenset()
 
 
+class _CelValued:
+    """A transform whose optional CEL `value` declares the secrets it may read."""
+
+    value: CelExpression | None
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        return self.value.secrets if self.value else frozenset()
+
+
 @dataclass(frozen=True)
-class HeaderTransform:
+class HeaderTransform(_CelValued):
     """Set, append or remove a request header; `value` is None for remove."""
 
     kind: ClassVar[str] = "header"
@@ -136,13 +146,9 @@ class HeaderTransform:
     def label(self) -> str:
         return f"header:{self.name}"
 
-    @property
-    def secrets(self) -> frozenset[str]:
-        return self.value.secrets if self.value else frozenset()
-
 
 @dataclass(frozen=True)
-class QueryTransform:
+class QueryTransform(_CelValued):
     """Set, append or remove a query parameter; `value` is None for remove."""
 
     kind: ClassVar[str] = "query"
@@ -156,13 +162,9 @@ class QueryTransform:
     def label(self) -> str:
         return f"query:{self.name}"
 
-    @property
-    def secrets(self) -> frozenset[str]:
-        return self.value.secrets if self.value else frozenset()
-
 
 @dataclass(frozen=True)
-class BodyTransform:
+class BodyTransform(_CelValued):
     """Set, append or remove the JSON value at an RFC 6901 pointer of a JSON body."""
 
     kind: ClassVar[str] = "body"
@@ -175,10 +177,6 @@ class BodyTransform:
     @property
     def label(self) -> str:
         return f"body:{self.pointer}"
-
-    @property
-    def secrets(self) -> frozenset[str]:
-        return self.value.secrets if self.value else frozenset()
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,16 @@ def hold_from(data: bytes, prefixes: frozenset[bytes], keep: int) -> int:
     return len(data)
 
 
+def compile_literals(
+    values: Iterable[bytes],
+) -> tuple[re.Pattern[bytes] | None, int, frozenset[bytes]]:
+    """One regex matching any of `values` (longest first, so the longest wins at a
+    position), the longest length, and every proper prefix (for chunk carry-over)."""
+    ordered = sorted(set(values), key=len, reverse=True)
+    regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
+    return regex, max(map(len, ordered), default=0), proper_prefixes(ordered)
+
+
 class Scrubber:
     """Replaces every pattern's bytes with its marker; longest pattern wins at a position."""
 
@@ -58,10 +68,7 @@ class Scrubber:
             if pattern.value:
                 by_value.setdefault(pattern.value, marker(pattern.label))
         self._markers = by_value
-        self.max_len = max((len(v) for v in by_value), default=0)
-        ordered = sorted(by_value, key=len, reverse=True)
-        self._regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
-        self._prefixes = proper_prefixes(ordered)
+        self._regex, self.max_len, self._prefixes = compile_literals(by_value)
 
     def __bool__(self) -> bool:
         return self._regex is not None

@@ -17,7 +17,7 @@ from urllib.parse import unquote, unquote_plus
 
 from capgate.broker.types import MIN_TRIPWIRE_LENGTH, LeakPattern
 
-from .scrub import proper_prefixes, stream_replacer
+from .scrub import compile_literals, stream_replacer
 
 _BASIC = re.compile(r"^\s*basic\s+(\S+)\s*$", re.IGNORECASE)
 
@@ -31,10 +31,7 @@ class Tripwire:
             if len(pattern.value) >= MIN_TRIPWIRE_LENGTH:
                 labels.setdefault(pattern.value, pattern.label)
         self._labels = labels
-        self.max_len = max((len(v) for v in labels), default=0)
-        ordered = sorted(labels, key=len, reverse=True)
-        self._regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
-        self._prefixes = proper_prefixes(ordered)
+        self._regex, self.max_len, self._prefixes = compile_literals(labels)
 
     def __bool__(self) -> bool:
         return self._regex is not None
