@@ -21,8 +21,8 @@ from pathlib import Path
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from capgate.proxy.addon import CapgateAddon
-from capgate.proxy.memory_broker import MemoryBroker
+from capgate.proxy.addon.hooks import CapgateAddon
+from capgate.proxy.replay.memory_broker import MemoryBroker
 
 DECOYS = 999
 

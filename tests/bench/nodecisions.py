@@ -7,7 +7,7 @@ does nothing. A benchmark tool, never a deployment option.
 """
 
 from capgate.broker.service import Broker
-from capgate.proxy.cli import main
+from capgate.proxy.cli.main import main
 
 
 def _skip(self: Broker, decision: object) -> None:

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from capgate.broker.home import Home, init_home
 from capgate.broker.stores import Stores
-from capgate.proxy.cli import main
+from capgate.proxy.cli.main import main
 
 CANARY = "CANARY-cred-7f3a9c"
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from capgate.broker.home import Home
 from capgate.broker.resolution import resolve_names
 from capgate.broker.stores import Stores
-from capgate.proxy.cli import main
+from capgate.proxy.cli.main import main
 
 
 def vault_bytes(cli, file_bytes) -> bytes:

@@ -61,7 +61,7 @@ def server(monkeypatch):
 @pytest.fixture
 def browser(monkeypatch) -> Browser:
     fake = Browser()
-    monkeypatch.setattr("capgate.proxy.cmd_oauth.webbrowser.open", fake)
+    monkeypatch.setattr("capgate.proxy.cli.oauth.webbrowser.open", fake)
     return fake
 
 
@@ -137,7 +137,7 @@ def test_rerunning_connect_recovers_needs_reauth(server, browser, cli, drive):
 
 def test_a_redirect_with_the_wrong_state_is_refused(server, monkeypatch, cli, drive):
     browser = Browser(forged_first=True)
-    monkeypatch.setattr("capgate.proxy.cmd_oauth.webbrowser.open", browser)
+    monkeypatch.setattr("capgate.proxy.cli.oauth.webbrowser.open", browser)
     result = cli("cred", "connect", drive, "--timeout", "10")
     assert result.exit_code == 0, result.output
     forged, real = browser.responses
@@ -151,7 +151,7 @@ def test_a_denied_consent_fails_and_stores_nothing(server, browser, cli, drive, 
         query = {"error": "access_denied", "state": params["state"][0]}
         return browser(f"{params['redirect_uri'][0]}?{httpx.QueryParams(query)}")
 
-    monkeypatch.setattr("capgate.proxy.cmd_oauth.webbrowser.open", deny)
+    monkeypatch.setattr("capgate.proxy.cli.oauth.webbrowser.open", deny)
     result = cli("cred", "connect", drive, "--timeout", "10")
     assert result.exit_code == 1
     assert "access_denied" in result.stderr

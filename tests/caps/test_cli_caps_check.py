@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from capgate.proxy.cli import main
+from capgate.proxy.cli.main import main
 
 VALID = """\
 version: 1

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from capgate.proxy.cli import main
+from capgate.proxy.cli.main import main
 
 CAPS = """\
 version: 1

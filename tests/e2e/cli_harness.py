@@ -55,7 +55,7 @@ class CliHome:
         without paying the interpreter start-up."""
         from click.testing import CliRunner
 
-        from capgate.proxy.cli import main
+        from capgate.proxy.cli.main import main
 
         result = CliRunner().invoke(
             main,

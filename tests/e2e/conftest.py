@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from capgate.caps import normalize_host
-from capgate.proxy.memory_broker import MemoryBroker
-from capgate.proxy.ports import BrokerPort
-from capgate.proxy.runner import ProxySettings, ProxyThread, ca_cert_path
+from capgate.proxy.addon.broker_port import BrokerPort
+from capgate.proxy.addon.runner import ProxySettings, ProxyThread, ca_cert_path
+from capgate.proxy.replay.memory_broker import MemoryBroker
 
 from .certs import TestPki, make_test_pki
 from .clients import proxy_authorization

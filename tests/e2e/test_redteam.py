@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from capgate.proxy.runner import ProxySettings, ProxyThread, ca_cert_path
+from capgate.proxy.addon.runner import ProxySettings, ProxyThread, ca_cert_path
 
 from .certs import TestPki
 from .clients import Reply, _read_reply, proxy_authorization, via_absolute, via_tunnel

@@ -7,7 +7,7 @@ from mitmproxy import http
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import WireCredential
 from capgate.caps import HeaderEdit, QueryEdit
-from capgate.proxy.apply import apply_edit, clear_slots, stamp
+from capgate.proxy.addon.apply import apply_edit, clear_slots, stamp
 
 
 def _request(target: str = "/v1/x?a=1&key=agent&a=2", **headers: str) -> http.Request:

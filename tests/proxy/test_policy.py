@@ -7,7 +7,7 @@ import base64
 import pytest
 from mitmproxy.test import tutils
 
-from capgate.proxy.policy import Destination, authority_mismatch, parse_authority, proxy_token
+from capgate.proxy.addon.checks import Destination, authority_mismatch, parse_authority, proxy_token
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from capgate.caps import CapsError
-from capgate.proxy import reload
+from capgate.proxy.addon import reload
 
 CAPS = """\
 version: 1

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capgate.broker.types import LeakPattern
-from capgate.proxy.scrub import Scrubber, for_mitmproxy, marker, scrubbing_stream
+from capgate.proxy.addon.scrub import Scrubber, for_mitmproxy, marker, scrubbing_stream
 
 VALUE = b"ghp_SECRETvalue0123456789"
 PATTERNS = [LeakPattern("credential:github", VALUE), LeakPattern("github", b"Z2hwX1NFQ1JFVA==")]

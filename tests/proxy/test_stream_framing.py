@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import leak_patterns
-from capgate.proxy.scrub import Scrubber, for_mitmproxy, scrubbing_stream
-from capgate.proxy.tripwire import Tripwire
+from capgate.proxy.addon.scrub import Scrubber, for_mitmproxy, scrubbing_stream
+from capgate.proxy.addon.tripwire import Tripwire
 
 SECRET = "sk-live-0123456789abcdef"
 PATTERNS = leak_patterns("credential:openai", SecretValue(SECRET))

@@ -7,7 +7,7 @@ from urllib.parse import quote, quote_plus
 
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import leak_patterns
-from capgate.proxy.tripwire import Tripwire
+from capgate.proxy.addon.tripwire import Tripwire
 
 VALUE = "tenant-secret-0123456789"
 TRIPWIRE = Tripwire(leak_patterns("secret:tenant-id", SecretValue(VALUE)))

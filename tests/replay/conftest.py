@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from capgate.proxy.cli import main
+from capgate.proxy.cli.main import main
 
 # The live-recording test runs a real proxy against the end-to-end suite's TLS echo upstream.
 from tests.e2e.conftest import pki, proxy_home, tls_upstream  # noqa: F401

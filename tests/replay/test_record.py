@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from capgate.proxy.fixtures import load_fixture, parse_fixture
-from capgate.proxy.memory_broker import MemoryBroker
-from capgate.proxy.record import RecordAddon
-from capgate.proxy.replay import Harness
-from capgate.proxy.runner import ProxySettings, ProxyThread, ca_cert_path
+from capgate.proxy.addon.runner import ProxySettings, ProxyThread, ca_cert_path
+from capgate.proxy.replay.fixtures import load_fixture, parse_fixture
+from capgate.proxy.replay.harness import Harness
+from capgate.proxy.replay.memory_broker import MemoryBroker
+from capgate.proxy.replay.record import RecordAddon
 from tests.e2e.conftest import TestResolver
 from tests.e2e.upstream import Upstream
 
@@ -50,7 +50,7 @@ def with_real_values(example_fixture: str, test_values: dict[str, str]) -> str:
 
 
 def replay_ok(fixture_path: Path, caps: Path) -> list:
-    from capgate.proxy.expectations import compare
+    from capgate.proxy.replay.expectations import compare
 
     outcome = asyncio.run(Harness(caps).run(load_fixture(fixture_path)))
     return compare(load_fixture(fixture_path), outcome)

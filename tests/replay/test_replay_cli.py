@@ -133,7 +133,7 @@ def test_one_broken_fixture_does_not_stop_the_others(replay, write_fixture) -> N
 def test_missing_caps_option_is_a_usage_error(replay, write_fixture) -> None:
     from click.testing import CliRunner
 
-    from capgate.proxy.cli import main
+    from capgate.proxy.cli.main import main
 
     result = CliRunner().invoke(main, ["replay", str(write_fixture(GOOD))])
 

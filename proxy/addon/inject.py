@@ -27,9 +27,9 @@ from capgate.caps import (
 )
 
 from .apply import apply_edit, auth_slots, clear_slots, load_json_body, stamp, write_json_body
+from .broker_port import BrokerPort
+from .checks import Destination
 from .flowstate import FlowState, path_without_query
-from .policy import Destination
-from .ports import BrokerPort
 from .scrub import Scrubber
 from .tripwire import Tripwire
 

@@ -27,9 +27,8 @@ from capgate.broker.store import ABSENT_ORG, check_name
 from capgate.broker.stores import Stores
 from capgate.caps import CapsError
 
-from .record import record_addons
-from .reload import preload
-from .runner import (
+from ..addon.reload import preload
+from ..addon.runner import (
     ProxySettings,
     ProxyThread,
     ca_cert_path,
@@ -37,6 +36,7 @@ from .runner import (
     configure_logging,
     serve,
 )
+from ..replay.record import record_addons
 
 logger = logging.getLogger("capgate.proxy")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -15,8 +15,8 @@ from typing import Any
 from mitmproxy import http
 
 from .fixtures import Check, Fixture
+from .harness import Outcome
 from .placeholders import TestValues
-from .replay import Outcome
 
 SHOW_MAX = 300  # characters of an actual body shown in a diff
 

@@ -36,7 +36,7 @@ from mitmproxy.proxy.layers.http import (
 
 from capgate.broker.types import PolicyDecision
 
-from .addon import CapgateAddon
+from ..addon.hooks import CapgateAddon
 from .fixtures import Fixture, Message
 from .memory_broker import MemoryBroker
 

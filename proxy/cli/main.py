@@ -1,7 +1,7 @@
 """The `capgate` command: global options and the registry of subcommands.
 
-Each command group lives in its own module (cmd_*.py) and is attached here, so that
-command modules never import each other.
+Each command group lives in its own module of this package (caps, store, cred, oauth, proxy,
+replay) and is attached here, so that command modules never import each other.
 """
 
 from __future__ import annotations
@@ -50,18 +50,13 @@ def main(ctx: click.Context, home: Path | None, org: str) -> None:
 
 def _register() -> None:
     # Imported here so that a broken optional module names itself in the traceback
-    # instead of breaking `import capgate.proxy.cli` for every command.
+    # instead of breaking `import capgate.proxy.cli.main` for every command.
     import importlib
 
-    # Order matters: cmd_oauth attaches `cred connect` to the group cmd_cred registers.
-    command_modules = ("cmd_caps", "cmd_store", "cmd_cred", "cmd_oauth", "cmd_proxy", "cmd_replay")
+    # Order matters: oauth attaches `cred connect` to the group cred registers.
+    command_modules = ("caps", "store", "cred", "oauth", "proxy", "replay")
     for module_name in command_modules:
-        try:
-            module = importlib.import_module(f"capgate.proxy.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"capgate.proxy.{module_name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f"capgate.proxy.cli.{module_name}")
         module.register(main)
 
 

@@ -1,4 +1,4 @@
-"""Home and tenancy commands: init, vault, user, workspace (see cli_support for the
+"""Home and tenancy commands: init, vault, user, workspace (see support for the
 conventions: values from stdin or files, exit codes)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import click
 from capgate.broker.home import init_home
 from capgate.broker.stores import Stores
 
-from .cli_support import (
+from .support import (
     _actor,
     _emit,
     _state,

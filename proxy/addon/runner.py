@@ -22,8 +22,8 @@ import certifi
 from mitmproxy import certs, master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 
-from .addon import CapgateAddon
-from .ports import BrokerPort
+from .broker_port import BrokerPort
+from .hooks import CapgateAddon
 
 logger = logging.getLogger("capgate.proxy")
 

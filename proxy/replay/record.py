@@ -38,11 +38,11 @@ from mitmproxy import connection, ctx, http
 
 from capgate.broker.types import Activation, LeakPattern, PolicyDecision, Workspace
 
-from .addon import CapgateAddon
-from .flowstate import DECISION_KEY, FlowState, get_state
+from ..addon.checks import proxy_token
+from ..addon.flowstate import DECISION_KEY, FlowState, get_state
+from ..addon.hooks import CapgateAddon
+from ..addon.scrub import Scrubber
 from .placeholders import Named, TestValues
-from .policy import proxy_token
-from .scrub import Scrubber
 
 logger = logging.getLogger("capgate.record")
 KEY = "capgate.record"

@@ -24,22 +24,21 @@ from mitmproxy.utils import human
 from capgate.broker.types import Decision
 from capgate.caps import CapsError
 
-from . import transforms
+from . import inject
 from .apply import drop_headers
-from .flowstate import FlowState, finish, get_state, new_state
-from .policy import (
+from .broker_port import BrokerPort
+from .checks import (
     PROXY_AUTHORIZATION,
     authority_mismatch,
     connect_destination,
-    deny_response,
     destination,
     pin_destination,
-    proxy_auth_required,
     proxy_token,
     request_problem,
 )
-from .ports import BrokerPort
+from .flowstate import FlowState, finish, get_state, new_state
 from .reload import CapsWatcher
+from .responses import deny_response, proxy_auth_required
 from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
 from .tripwire import tripwire_for
@@ -193,7 +192,7 @@ class CapgateAddon:
         tripwire = tripwire_for(activation.leak_patterns)
         if tripwire:
             state.tripwire = tripwire
-            label = transforms.find_leak_in_head(tripwire, flow.request, state.dest)
+            label = inject.find_leak_in_head(tripwire, flow.request, state.dest)
             if label is not None:
                 return self._trip(flow, state, label)
         dest = state.dest
@@ -217,7 +216,7 @@ class CapgateAddon:
             if problem is not None:
                 status, reason = problem
                 return self._deny(flow, state, status, reason)
-        await transforms.apply_head(self.broker, flow, state)
+        await inject.apply_head(self.broker, flow, state)
         if not capability.needs_body:
             self._stream_request(flow, state)
 
@@ -252,7 +251,7 @@ class CapgateAddon:
             workspace.id if workspace else "-",
             label,
         )
-        state.path = transforms.redacted_path(state, flow.request)
+        state.path = inject.redacted_path(state, flow.request)
         self._deny(flow, state, 403, label, Decision.TRIPWIRE)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -275,7 +274,7 @@ class CapgateAddon:
             if label is not None:
                 return self._trip(flow, state, label)
         if state.body_transforms:
-            transforms.apply_body(flow, state)
+            inject.apply_body(flow, state)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
@@ -286,7 +285,7 @@ class CapgateAddon:
             response.stream = True
             return
         scrubber = scrubber_for(tuple(state.scrub))
-        transforms.scrub_headers(response.headers, scrubber)
+        inject.scrub_headers(response.headers, scrubber)
         status = response.status_code
         if status < 200 or status in (204, 304):
             return  # no body to frame; after a 101 `response` decides what may follow
@@ -315,9 +314,9 @@ class CapgateAddon:
         if response.status_code == 101:
             self._upgrade(flow, response, state)
         elif state.scrub and not response.stream:
-            transforms.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
+            inject.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
         if state.scrub and response.trailers:
-            transforms.scrub_headers(response.trailers, scrubber_for(tuple(state.scrub)))
+            inject.scrub_headers(response.trailers, scrubber_for(tuple(state.scrub)))
         finish(self.broker, flow, state, response.status_code)
 
     def _upgrade(self, flow: http.HTTPFlow, response: http.Response, state: FlowState) -> None:
@@ -325,7 +324,7 @@ class CapgateAddon:
         raw byte stream: any other protocol is refused when values were injected."""
         if flow.websocket is None:
             if state.scrub:
-                transforms.refuse_unscrubbable(response)
+                inject.refuse_unscrubbable(response)
             return
         if state.scrub or state.tripwire:
             flow.metadata[WEBSOCKET_GUARD] = (tuple(state.scrub), state.tripwire, state.workspace)

@@ -7,7 +7,7 @@ import click
 from capgate.broker.credentials import CredentialSpec
 from capgate.broker.secretvalue import SecretValue
 
-from .cli_support import (
+from .support import (
     _actor,
     _emit,
     _fail,

@@ -115,8 +115,8 @@ def _connect(
 
 
 def register(main: click.Group) -> None:
-    # cli.py registers cmd_cred before this module; command modules do not import each other.
+    # main.py registers cred before this module; command modules do not import each other.
     cred = main.commands.get("cred")
     if not isinstance(cred, click.Group):
-        raise RuntimeError("cmd_oauth needs the `cred` group of cmd_cred to be registered first")
+        raise RuntimeError("cli.oauth needs the `cred` group of cli.cred to be registered first")
     cred.add_command(connect)

@@ -17,8 +17,8 @@ from mitmproxy import http
 
 from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
 
-from .policy import Destination
-from .ports import BrokerPort
+from .broker_port import BrokerPort
+from .checks import Destination
 
 KEY = "capgate"
 access_log = logging.getLogger("capgate.access")

@@ -18,9 +18,9 @@ import click
 
 from capgate.caps import CapsConfig, CapsError, Problem, load_caps
 
-from .expectations import Mismatch, compare
-from .fixtures import FixtureError, load_fixture
-from .replay import Harness
+from ..replay.expectations import Mismatch, compare
+from ..replay.fixtures import FixtureError, load_fixture
+from ..replay.harness import Harness
 
 
 @dataclass(frozen=True)

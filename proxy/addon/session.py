@@ -10,7 +10,7 @@ from __future__ import annotations
 from capgate.broker.types import Activation, Workspace
 from capgate.caps import CapsConfig
 
-from .ports import BrokerPort
+from .broker_port import BrokerPort
 from .scrub import scrubber_for
 from .tripwire import tripwire_for
 

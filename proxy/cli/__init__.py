@@ -1,0 +1,1 @@
+"""The `capgate` command: `main` holds the global options, one module per command group."""

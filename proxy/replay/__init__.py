@@ -1,0 +1,1 @@
+"""Offline replay of fixtures through the real addon, and recording them from live traffic."""

@@ -1,0 +1,1 @@
+"""The control plane (`capgate serve`): JSON API, web console, OAuth callback."""
