@@ -127,5 +127,5 @@ def test_two_processes_write_at_once_without_losing_a_row(stores, org):
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
-    assert len(stores.secrets.list(org)) == 45
+    assert len(stores.secrets.list_secrets(org)) == 45
     assert len(stores.vault.refs()) == 45
