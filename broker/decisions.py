@@ -62,6 +62,11 @@ class DecisionWriter:
         """How many rows were dropped because the queue was full, since the writer started."""
         return self._dropped
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer thread."""
+        return len(self._rows)
+
     def record(self, decision: PolicyDecision) -> None:
         """Queue one row; never blocks. Rows beyond the queue bound are counted and dropped."""
         queued = len(self._rows)
