@@ -46,5 +46,6 @@ class Stores:
         )
 
     def close(self) -> None:
+        self.workspaces.close()
         self.control.close()
         self.vault.close()
