@@ -214,15 +214,16 @@ class Broker:
                 continue
             try:
                 value = self.stores.credentials.durable_value(row)
-            except VaultError:
-                log.error("credential %s: its durable value cannot be read", name)
+            except VaultError as exc:
+                # Its mints fail with vault_error (transient); the value is not a pattern.
+                log.error("credential %s (%s): %s (run `capgate vault check`)", name, row.id, exc)
                 continue
             if value is None:
                 continue
             patterns.extend(leak_patterns(f"credential:{name}", value, embedded=True))
             if kind in STATIC_KINDS:
                 self._static[row.id] = value
-        secrets = self.stores.secrets.values(workspace.org_id, secret_names)
+        secrets = self.stores.secrets.values(workspace.org_id, secret_names, skip_unreadable=True)
         for name, value in sorted(secrets.items()):
             patterns.extend(leak_patterns(f"secret:{name}", value, embedded=True))
         return Activation(

@@ -36,6 +36,7 @@ from .checks import (
     proxy_token,
     request_problem,
 )
+from .failclosed import fail_closed
 from .flowstate import FlowState, finish, get_state, new_state
 from .reload import CapsWatcher
 from .responses import deny_response, proxy_auth_required
@@ -139,6 +140,7 @@ class CapgateAddon:
 
     # -- hooks ----------------------------------------------------------------------------
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
@@ -169,6 +171,7 @@ class CapgateAddon:
         self.tunnels[flow.client_conn] = token  # type: ignore[assignment]
         flow.metadata.pop("capgate", None)  # the tunnel itself is not a request row
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.watcher is None:
             return
@@ -254,6 +257,7 @@ class CapgateAddon:
         state.path = inject.redacted_path(state, flow.request)
         self._deny(flow, state, 403, label, Decision.TRIPWIRE)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         if state is None or flow.response is not None:
@@ -276,6 +280,7 @@ class CapgateAddon:
         if state.body_transforms:
             inject.apply_body(flow, state)
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         response = flow.response
@@ -303,6 +308,7 @@ class CapgateAddon:
         if not (flow.request.is_http2 or flow.request.is_http3):
             response.headers["transfer-encoding"] = "chunked"
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         response = flow.response

@@ -7,6 +7,7 @@ replay) and is attached here, so that command modules never import each other.
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,35 @@ class CliContext:
     org: str
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CapgateGroup(click.Group):
+    """The root group: a store fault anywhere below is an `error:` line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except sqlite3.OperationalError as exc:
+            _store_fault(ctx, exc, busy="locked" in str(exc) or "busy" in str(exc))
+        except sqlite3.DatabaseError as exc:
+            _store_fault(ctx, exc, busy=False)
+        return None
+
+
+def _store_fault(ctx: click.Context, exc: sqlite3.Error, *, busy: bool) -> None:
+    # SQLite's messages name the condition, never row contents.
+    obj = ctx.obj
+    where = f" in {obj.home}" if isinstance(obj, CliContext) else ""
+    if busy:
+        message = f"the store{where} is busy (another process holds its write lock): {exc}"
+    else:
+        message = (
+            f"a store{where} is damaged or unreadable ({exc}); nothing was changed. "
+            "Restore control.db and vault.db from a backup"
+        )
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+@click.group(cls=CapgateGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
     envvar="CAPGATE_HOME",
