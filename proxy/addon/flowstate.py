@@ -16,9 +16,9 @@ from typing import Any
 from mitmproxy import http
 
 from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
+from capgate.caps import Destination, path_without_query
 
 from .broker_port import BrokerPort
-from .checks import Destination
 
 KEY = "capgate"
 access_log = logging.getLogger("capgate.access")
@@ -46,10 +46,6 @@ class FlowState:
     tripwire: Any = None  # proxy.tripwire.Tripwire, for the body
     streamed_hit: str | None = None  # tripwire label found in a streamed body
     recorded: bool = False
-
-
-def path_without_query(path: str) -> str:
-    return path.partition("?")[0].partition("#")[0]
 
 
 def new_state(flow: http.HTTPFlow) -> FlowState:

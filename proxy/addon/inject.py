@@ -19,17 +19,18 @@ from capgate.caps import (
     AuthTransform,
     BodyEditError,
     BodyTransform,
+    Destination,
     RequestView,
     TransformFailure,
     WorkspaceView,
     apply_body_edit,
     evaluate,
+    path_without_query,
 )
 
 from .apply import apply_edit, auth_slots, clear_slots, load_json_body, stamp, write_json_body
 from .broker_port import BrokerPort
-from .checks import Destination
-from .flowstate import FlowState, path_without_query
+from .flowstate import FlowState
 from .scrub import Scrubber
 from .tripwire import Tripwire
 

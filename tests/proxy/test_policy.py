@@ -7,7 +7,8 @@ import base64
 import pytest
 from mitmproxy.test import tutils
 
-from capgate.proxy.addon.checks import Destination, authority_mismatch, parse_authority, proxy_token
+from capgate.caps import Destination, parse_authority
+from capgate.proxy.addon.checks import authority_mismatch, proxy_token
 
 
 @pytest.mark.parametrize(
