@@ -210,9 +210,20 @@ def _v2_decisions_and_changes(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO changes (id, generation) VALUES (1, 0)")
 
 
+def _v3_workspace_leases(db: sqlite_utils.Database) -> None:
+    """Workspace leases: `expires_at` (ISO text, NULL for no expiry) on workspaces."""
+    workspaces = db.table("workspaces")
+    if "expires_at" not in workspaces.columns_dict:
+        workspaces.add_column("expires_at", str)
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 # Index i upgrades schema version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_decisions_and_changes)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_core,
+    _v2_decisions_and_changes,
+    _v3_workspace_leases,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
