@@ -324,11 +324,11 @@ _WORKSPACE_SELECT = (
 )
 
 
-def _user(row) -> UserRow:
+def _user(row: sqlite3.Row) -> UserRow:
     return UserRow(row["id"], row["org_id"], row["name"], bool(row["operator"]), row["created_at"])
 
 
-def _workspace(row) -> WorkspaceRow:
+def _workspace(row: sqlite3.Row) -> WorkspaceRow:
     return WorkspaceRow(
         row["id"],
         row["org_id"],

@@ -18,7 +18,7 @@ from mitmproxy.net.http import url
 
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.types import WireCredential
-from capgate.caps import HeaderEdit, PathEdit, QueryEdit
+from capgate.caps import Edit, HeaderEdit, PathEdit, QueryEdit
 from capgate.caps.http import header_problem, valid_path, valid_query_value
 
 
@@ -107,7 +107,7 @@ def stamp(request: http.Request, wire: WireCredential) -> str | None:
     return None
 
 
-def apply_edit(request: http.Request, edit: Any) -> str | None:
+def apply_edit(request: http.Request, edit: Edit) -> str | None:
     """Apply a header, query or path edit."""
     if isinstance(edit, HeaderEdit):
         problem = header_problem(edit.name, edit.value)

@@ -268,9 +268,9 @@ class CapgateAddon:
             return
         if state.tripwire and (state.buffered_body or state.body_transforms):
             content = flow.request.get_content(strict=False) or b""
-            label = state.tripwire.find_in_body(content)
-            if label is not None:
-                return self._trip(flow, state, label)
+            hit = state.tripwire.find_in_body(content)
+            if hit is not None:
+                return self._trip(flow, state, hit)
         if state.body_transforms:
             inject.apply_body(flow, state)
 
