@@ -28,6 +28,7 @@ class CliContext:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="capgate", prog_name="capgate", message="%(prog)s %(version)s")
 @click.option(
     "--home",
     envvar="CAPGATE_HOME",
