@@ -4,12 +4,15 @@ live in agent.py)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,17 +21,12 @@ from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
 from capgate.broker.store import ABSENT_ORG
 from capgate.broker.stores import Stores
-from capgate.caps import CapsConfig, CapsError
 
-from ..addon.reload import preload
-from ..addon.runner import (
-    ProxySettings,
-    ca_cert_path,
-    client_trust_bundle,
-    configure_logging,
-    serve,
-)
-from ..replay.record import record_addons
+if TYPE_CHECKING:
+    from capgate.caps import CapsConfig
+
+# mitmproxy, CEL and the addon are imported inside the commands that run them, so that
+# `capgate --help` and the light commands start fast.
 
 logger = logging.getLogger("capgate.proxy")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -55,6 +53,10 @@ def _fail(message: str, code: int) -> None:
 
 
 def check_caps(path: Path) -> CapsConfig:
+    from capgate.caps import CapsError
+
+    from ..addon.reload import preload
+
     try:
         return preload(path)
     except CapsError as exc:
@@ -69,6 +71,24 @@ def _parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint="--listen")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit 1 with `error: HOST:PORT is in use` before mitmproxy starts (it would log the
+    failure and keep running without a listener)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # mitmproxy sets SO_REUSEADDR too: a socket in TIME_WAIT is not "in use"
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"{shown} is in use", 1)
+            _fail(f"cannot listen on {shown}: {exc.strerror}", 1)
 
 
 def open_broker(home: Path):  # -> Broker
@@ -101,9 +121,13 @@ def proxy_command(
     ctx, caps_path, listen, upstream_cas, body_limit, access_log, record_dir, verbose
 ) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
+    from ..addon.runner import ProxySettings, ca_cert_path, configure_logging, serve
+    from ..replay.record import record_addons
+
     configure_logging(verbose=verbose, access_log=access_log)
     check_caps(caps_path)
     host, port = _parse_listen(listen)
+    check_port_free(host, port)
     if host not in LOOPBACK:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
@@ -141,6 +165,8 @@ def ca_command(ctx, bundle) -> None:
     With --bundle: a bundle of the public roots plus capgate's CA, for runtimes that take
     one file for all of their trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, ...).
     """
+    from ..addon.runner import ca_cert_path, client_trust_bundle
+
     home = ctx.obj.home
     click.echo(str(client_trust_bundle(home) if bundle else ca_cert_path(home)))
 
@@ -175,7 +201,13 @@ def _row_line(stored: StoredDecision) -> str:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.option("--follow", is_flag=True, help="Keep printing new decisions.")
 @click.option("--workspace", "workspace_id", default=None)
-@click.option("--limit", default=50, show_default=True, help="How many recent rows.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many recent rows (0: none; with --follow, only new ones).",
+)
 @click.option("--all-orgs", is_flag=True, help="Every org, and requests without a token.")
 @click.pass_context
 def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None:
@@ -188,7 +220,11 @@ def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> No
         _fail(str(exc), exc.exit_code)
     ctx.call_on_close(stores.close)
     rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=limit)
-    last = rows[-1].id if rows else 0
+    if rows:
+        last = rows[-1].id
+    else:  # --limit 0 (or nothing yet): follow from the newest row, not from the start
+        newest = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=1)
+        last = newest[-1].id if newest else 0
     _print_rows(rows, as_json)
     while follow:
         try:
