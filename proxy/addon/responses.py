@@ -110,5 +110,5 @@ def install_error_pages() -> None:
         )
         return http1.assemble_response(response)
 
-    _http1.make_error_response = make_error_response  # type: ignore[assignment]
+    _http1.make_error_response = make_error_response
     _http2.format_error = error_body  # type: ignore[assignment]

@@ -43,7 +43,7 @@ EAGER_MODULES: tuple[str, ...] = ()
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use (see LAZY_COMMANDS)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._loaded: set[str] = set()
 
