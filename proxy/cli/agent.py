@@ -92,6 +92,20 @@ def agent_environment(
     return env
 
 
+def write_wgetrc(path: Path, bundle: Path | str) -> Path:
+    """A wgetrc trusting `bundle`: GNU wget (GnuTLS builds) reads no CA variable.
+
+    Set as WGETRC only when the caller has none of their own.
+    """
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# written by capgate: trust the public roots plus capgate's CA\n"
+        + f"ca_certificate = {bundle}\n"
+    )
+    tmp.replace(path)
+    return path
+
+
 def _lease_seconds() -> int:
     text = os.environ.get("CAPGATE_EXEC_LEASE_S", "")
     return int(text) if text.isdigit() and int(text) >= 1 else LEASE_S
@@ -169,6 +183,7 @@ def _prepare_sandbox(
         for source, name in copies:
             shutil.copyfile(source, run_dir / name)
             (run_dir / name).chmod(0o444)
+        write_wgetrc(run_dir / "wgetrc", sandbox.INSIDE_BUNDLE).chmod(0o444)
         relay = UnixToTcp(str(run_dir / "proxy.sock"), "127.0.0.1", port).start()
         if run_as is not None:
             for path in (run_dir, run_dir / "proxy.sock"):
@@ -326,6 +341,13 @@ def exec_command(
                 no_proxy,
             )
         env = _user_env(env, run_as)
+        if contained is not None:
+            env.setdefault("WGETRC", f"{sandbox.INSIDE_DIR}/wgetrc")
+        else:
+            env.setdefault("WGETRC", str(write_wgetrc(bundle.with_name("agent-wgetrc"), bundle)))
+        options = sandbox.node_options(env.get("NODE_OPTIONS"), for_other_user=run_as is not None)
+        if options:
+            env["NODE_OPTIONS"] = options
         code = _run(list(command), env, contained, run_as, lease)
     finally:
         lease.stop()
@@ -473,6 +495,12 @@ def env_command(ctx, role, user_name, ttl_s, proxy_url, caps_path, no_proxy, she
         "CAPGATE_WORKSPACE": made.workspace.id,
         **proxy_variables(url, str(client_trust_bundle(home)), str(ca_cert_path(home)), no_proxy),
     }
+    bundle = client_trust_bundle(home)
+    if "WGETRC" not in os.environ:
+        variables["WGETRC"] = str(write_wgetrc(bundle.with_name("agent-wgetrc"), bundle))
+    options = sandbox.node_options(os.environ.get("NODE_OPTIONS"))
+    if options:
+        variables["NODE_OPTIONS"] = options
     click.echo(_shell_lines(variables, shell))
     lease = f", expires {made.workspace.expires_at}" if made.workspace.expires_at else ""
     click.echo(

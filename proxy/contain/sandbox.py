@@ -120,6 +120,36 @@ class Sandbox:
         ]
 
 
+NODE_PRELOAD = Path(__file__).with_name("node") / "preload.cjs"
+NODE_UNDICI = Path(__file__).with_name("node") / "node_modules" / "undici"
+
+
+def node_options(existing: str | None, *, for_other_user: bool = False) -> str | None:
+    """NODE_OPTIONS with capgate's preload added (Node's fetch through the proxy variables).
+
+    None when the preload or undici is not installed, or (`for_other_user`) when another
+    OS user could not read them: a `--require` that cannot be read stops Node at start.
+    """
+    if not NODE_UNDICI.is_dir() or not NODE_PRELOAD.is_file():
+        return existing
+    if for_other_user and not all(_world_readable(p) for p in (NODE_PRELOAD, NODE_UNDICI)):
+        return existing
+    path = str(NODE_PRELOAD)
+    require = f'--require "{path}"' if " " in path else f"--require {path}"
+    return f"{existing} {require}" if existing else require
+
+
+def _world_readable(path: Path) -> bool:
+    """Whether any user can reach `path`: o+x on every parent, o+r on the path itself."""
+    try:
+        resolved = path.resolve()
+        if not resolved.stat().st_mode & 0o004:
+            return False
+        return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
+    except OSError:
+        return False
+
+
 def launcher_python() -> str:
     for candidate in SYSTEM_PYTHONS:
         if os.access(candidate, os.X_OK):
