@@ -221,7 +221,7 @@ def _contained(
             "sh",
             "-c",
             script,
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env={**home.env(), **env},
