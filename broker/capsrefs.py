@@ -84,9 +84,9 @@ def store_warnings(
 
 def org_warnings(config: CapsConfig, stores: Stores, org_id: str, org: str) -> list[str]:
     providers: dict[str, set[str]] = {}
-    for row in stores.credentials.list(org_id):
+    for row in stores.credentials.list_credentials(org_id):
         providers.setdefault(row.name, set()).add(row.provider)
-    secrets = {row.name for row in stores.secrets.list(org_id)}
+    secrets = {row.name for row in stores.secrets.list_secrets(org_id)}
     return store_warnings(config, providers, secrets, org)
 
 
@@ -113,7 +113,7 @@ def missing_for(
         row = resolve(rows, org_id=org_id, name=name, user_id=user_id)
         if row is None or row.status != ACTIVE:
             missing_credentials.append(name)
-    stored = {row.name for row in stores.secrets.list(org_id)}
+    stored = {row.name for row in stores.secrets.list_secrets(org_id)}
     return Missing(missing_credentials, sorted(set(secret_names) - stored))
 
 

@@ -31,7 +31,7 @@ from .credential_rules import check_value, spec_errors
 from .errors import CapgateError, FieldError, InvalidInput
 from .minting import Durable, MintEnv, mint_token, minter_for
 from .oauth import DEFAULT_TIMEOUT, Endpoints, MintError
-from .providers import OAUTH_KINDS, PROVIDERS, Kind, Provider
+from .providers import PROVIDERS, Kind, Provider
 from .secretvalue import SecretValue
 from .stores import Stores
 from .types import ResolvedCredential
@@ -39,6 +39,15 @@ from .types import ResolvedCredential
 log = logging.getLogger("capgate.broker.verify")
 
 UNSAFE_VERIFY_ENV = "CAPGATE_UNSAFE_VERIFY_ENDPOINTS"
+# The kinds that verify by minting (the token endpoint is their read-only call).
+OAUTH_KINDS = frozenset(
+    {
+        Kind.OAUTH2_CLIENT_CREDENTIALS,
+        Kind.OAUTH2_AUTHORIZATION_CODE,
+        Kind.OAUTH2_JWT_BEARER,
+        Kind.OAUTH2_JWT_BEARER_WITH_SUBJECT,
+    }
+)
 
 
 class VerifyFailed(CapgateError):

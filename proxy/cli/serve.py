@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ from capgate.broker.verify import UNSAFE_VERIFY_ENV, load_verify_overrides
 from .support import _actor, _emit, _fail, _stores, handles_errors, json_option
 
 SERVE_RECORD = "serve.json"  # in the home: the public URL the last `serve` announced
+SETTINGS_ENV = "CAPGATE_SERVE_SETTINGS"  # read by capgate.proxy.server.app
+APP_FACTORY = "capgate.proxy.server.app:app_from_settings"
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -101,10 +104,9 @@ def serve(
             "--public-url https://... (the TLS terminator's URL), or --insecure-public",
             2,
         )
-    stores, _ = _stores(ctx)
-    endpoints = Endpoints.from_env()
-    verify_overrides = dict(load_verify_overrides())
-    announce_overrides(endpoints, verify_overrides)
+    home = Home(ctx.obj.home)
+    home.require_initialized()
+    announce_overrides(Endpoints.from_env(), load_verify_overrides())  # also validates them
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -117,28 +119,22 @@ def serve(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     base = (public_url or f"http://{shown}:{bound}").rstrip("/")
-    home = Home(ctx.obj.home)
     replace_file(home.root / SERVE_RECORD, json.dumps({"public_url": base}).encode() + b"\n", 0o600)
-
+    _configure_logging()
+    # The server package is loaded by uvicorn from its import path (cli and server do not
+    # import each other); the settings travel in the environment of this process.
+    os.environ[SETTINGS_ENV] = json.dumps(
+        {
+            "home": str(home.root),
+            "public_url": base,
+            "caps_files": [str(p.resolve()) for p in caps_files],
+        }
+    )
     import uvicorn
 
-    from capgate.proxy.server.app import create_app
-
-    app = create_app(
-        stores,
-        public_url=base,
-        caps_files=caps_files,
-        endpoints=endpoints,
-        verify_overrides=verify_overrides,
-    )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("capgate",):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
     config = uvicorn.Config(
-        app,
+        APP_FACTORY,
+        factory=True,
         log_config=None,
         access_log=False,  # ours (capgate.server.access) never logs a query string
         server_header=False,
@@ -149,6 +145,16 @@ def serve(
     click.echo(f"capgate serve: listening on http://{shown}:{bound}", err=True)
     click.echo(f"capgate serve: public URL {base}", err=True)
     server.run(sockets=[sock])
+
+
+def _configure_logging() -> None:
+    """One stderr handler for capgate's loggers (the access log included)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("capgate")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
 
 
 def _recorded_url(home: Home) -> str | None:

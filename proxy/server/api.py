@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from capgate.broker import access, audit, capsrefs, decisions
+from capgate.broker import access, audit, capsrefs, decisions, provision
 from capgate.broker.access import Action
 from capgate.broker.credential_rows import CredentialRow, CredentialSpec, public_json
 from capgate.broker.errors import FieldError, InvalidInput, NotFound
@@ -24,7 +24,7 @@ from .auth import Caller, Ctx
 from .context import ServerContext
 from .errors import ERROR_RESPONSES, ApiError
 
-router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 MAX_PAGE = 1000
 
@@ -86,7 +86,7 @@ def me(caller: Caller) -> dict[str, Any]:
 @router.get("/credentials", response_model=models.CredentialList)
 def list_credentials(caller: Caller, ctx: Ctx) -> dict[str, Any]:
     access.allow(caller, Action.READ_METADATA)
-    rows = ctx.stores.credentials.list(caller.org_id)
+    rows = ctx.stores.credentials.list_credentials(caller.org_id)
     return {"credentials": [public_json(r) for r in rows]}
 
 
@@ -174,7 +174,7 @@ def oauth_start(
 @router.get("/secrets", response_model=models.SecretList)
 def list_secrets(caller: Caller, ctx: Ctx) -> dict[str, Any]:
     access.allow(caller, Action.READ_METADATA)
-    rows = ctx.stores.secrets.list(caller.org_id)
+    rows = ctx.stores.secrets.list_secrets(caller.org_id)
     return {
         "secrets": [
             {"name": r.name, "created_at": r.created_at, "updated_at": r.updated_at} for r in rows
@@ -265,7 +265,7 @@ def _workspace_json(ws: Any) -> dict[str, Any]:
         "role": ws.role,
         "user": ws.user,
         "created_at": ws.created_at,
-        "expires_at": getattr(ws, "expires_at", None),
+        "expires_at": ws.expires_at,
         "revoked_at": ws.revoked_at,
     }
 
@@ -284,17 +284,20 @@ def create_workspace(body: models.WorkspaceCreate, caller: Caller, ctx: Ctx) -> 
     access.allow(caller, Action.MANAGE_WORKSPACES, owner=body.user or caller.user)
     user = _known_user(ctx, caller, body.user, "user")
     configs = ctx.caps.configs()
-    if configs and body.role not in capsrefs.role_names(configs):
-        raise InvalidInput([FieldError("role", "not a role of the caps files this server runs")])
+    known = capsrefs.role_names(configs) if ctx.caps.paths else None
+    provision.check_role(body.role, known)
     owner = ctx.stores.workspaces.get_user(caller.org_id, user)
     missing = capsrefs.preflight(ctx.stores, configs, caller.org_id, owner.id, body.role)
-    ws, token = ctx.stores.workspaces.create(caller.org_id, body.role, user)
+    made = provision.provision_workspace(
+        ctx.stores, caller.org, body.role, user, ttl_s=body.ttl_s, known_roles=known
+    )
+    ws = made.workspace
     return {
         "id": ws.id,
-        "token": token,
+        "token": made.token,
         "role": ws.role,
         "user": ws.user,
-        "expires_at": getattr(ws, "expires_at", None),
+        "expires_at": ws.expires_at,
         "preflight": missing.to_json(),
     }
 

@@ -9,6 +9,8 @@ or another server are seen on the next request).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,21 @@ from .middleware import Guard
 from .web import router as web_router
 
 MAX_BODY = 1 << 20  # 1 MiB: caps files, values and keys are far smaller
+# How `capgate serve` (proxy/cli/serve.py, which does not import this package) hands its
+# settings to `app_from_settings`, the factory uvicorn imports by name.
+SETTINGS_ENV = "CAPGATE_SERVE_SETTINGS"
+APP_FACTORY = "capgate.proxy.server.app:app_from_settings"
+
+
+def app_from_settings() -> FastAPI:
+    """The app `capgate serve` runs: settings from CAPGATE_SERVE_SETTINGS (a JSON object
+    with `home`, `public_url`, `caps_files`); provider overrides from the environment."""
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(
+        Path(settings["home"]),
+        public_url=settings["public_url"],
+        caps_files=[Path(p) for p in settings.get("caps_files", [])],
+    )
 
 
 def create_app(

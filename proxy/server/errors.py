@@ -11,6 +11,7 @@ carry request data). Messages never quote request values.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,14 +56,14 @@ class ApiError(Exception):
         code: str,
         message: str,
         fields: list[dict[str, str]] | None = None,
-        **extra: Any,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields or []
-        self.extra = extra
+        self.extra = extra or {}
 
 
 def error_response(
@@ -70,10 +71,10 @@ def error_response(
     code: str,
     message: str,
     fields: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
+    headers: Mapping[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body = {"error": code, "message": message, "fields": fields or [], **extra}
+    body = {"error": code, "message": message, "fields": fields or [], **(extra or {})}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -99,7 +100,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def broker_error(exc: CapgateError) -> ApiError:
     if isinstance(exc, VerifyFailed):
-        return ApiError(422, "verify_failed", str(exc), status=exc.status)
+        return ApiError(422, "verify_failed", str(exc), extra={"status": exc.status})
     if isinstance(exc, InvalidInput):
         fields = [{"field": e.field, "message": e.message} for e in exc.errors]
         return ApiError(422, "invalid", "the request has invalid fields", fields)
@@ -142,12 +143,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.code, exc.message, exc.fields, headers, **exc.extra)
+        return error_response(exc.status, exc.code, exc.message, exc.fields, headers, exc.extra)
 
     @app.exception_handler(CapgateError)
     async def _broker_error(request: Request, exc: CapgateError) -> JSONResponse:
         api = broker_error(exc)
-        return error_response(api.status, api.code, api.message, api.fields)
+        return error_response(api.status, api.code, api.message, api.fields, None, api.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
