@@ -55,7 +55,8 @@ class VerifyFailed(CapgateError):
     status, or None (no answer, or a mint that failed before one)."""
 
     def __init__(self, status: int | None, call: str) -> None:
-        super().__init__(f"the verify call failed ({call})")
+        answer = f"HTTP {status}" if status is not None else "no HTTP answer"
+        super().__init__(f"the verify call failed ({call}: {answer}); nothing was stored")
         self.status = status
         self.call = call
 

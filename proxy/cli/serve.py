@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,10 +19,18 @@ import click
 
 from capgate.broker.apikeys import parse_duration
 from capgate.broker.home import Home, replace_file
-from capgate.broker.oauth import UNSAFE_AUTHORIZE_ENV, UNSAFE_TOKEN_ENV, Endpoints
-from capgate.broker.verify import UNSAFE_VERIFY_ENV, load_verify_overrides
+from capgate.broker.oauth import Endpoints
+from capgate.broker.verify import load_verify_overrides
 
-from .support import _actor, _emit, _fail, _stores, handles_errors, json_option
+from .support import (
+    _actor,
+    _emit,
+    _fail,
+    _stores,
+    announce_overrides,
+    handles_errors,
+    json_option,
+)
 
 SERVE_RECORD = "serve.json"  # in the home: the public URL the last `serve` announced
 SETTINGS_ENV = "CAPGATE_SERVE_SETTINGS"  # read by capgate.proxy.server.app
@@ -45,18 +52,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def announce_overrides(endpoints: Endpoints, verify: Mapping[str, str]) -> None:
-    """Say loudly on stderr which fixed provider endpoints the environment replaced."""
-    groups = [
-        (UNSAFE_TOKEN_ENV, endpoints.token_overrides),
-        (UNSAFE_AUTHORIZE_ENV, endpoints.authorize_overrides),
-        (UNSAFE_VERIFY_ENV, verify),
-    ]
-    for env, overrides in groups:
-        for slug, url in sorted(overrides.items()):
-            click.echo(f"WARNING: UNSAFE {env}: {slug} endpoint is {url}", err=True)
 
 
 @click.command("serve")
