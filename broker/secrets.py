@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from . import audit, changes, vault
-from .errors import Conflict, FieldError, InvalidInput, NotFound, VaultError
+from .errors import Exists, FieldError, InvalidInput, NotFound, VaultError
 from .home import now_iso
 from .secretvalue import SecretValue
 from .store import ControlStore, check_name, new_id
@@ -40,7 +40,9 @@ class Secrets:
         self._store = store
         self._vault = vault_
 
-    def set(self, org_id: str, name: str, value: SecretValue, *, actor=None) -> SecretRow:
+    def set(
+        self, org_id: str, name: str, value: SecretValue, *, actor: str | None = None
+    ) -> SecretRow:
         """Store a new secret; InvalidInput for an empty value, Conflict when it exists."""
         check_name("name", name)
         if not value.reveal():
@@ -86,7 +88,7 @@ class Secrets:
         rows = self._store.query("SELECT * FROM secrets WHERE org_id = ? ORDER BY name", (org_id,))
         return [SecretRow(**dict(r)) for r in rows]
 
-    def delete(self, org_id: str, name: str, *, actor=None) -> None:
+    def delete(self, org_id: str, name: str, *, actor: str | None = None) -> None:
         """Remove the row, then its vault entry."""
         row = self.get(org_id, name)
         with self._store.write() as conn:
@@ -139,7 +141,7 @@ class Secrets:
                 "SELECT 1 FROM secrets WHERE org_id = ? AND name = ?", (org_id, name)
             ).fetchone()
         if found:
-            raise Conflict(
+            raise Exists(
                 f"secret {name!r} already exists; secrets are not updated in place: "
                 f"delete it first (capgate secret delete {name})"
             )

@@ -85,6 +85,7 @@ class MintEnv:
         return outcome
 
     def row(self, name: str) -> CredentialRow:
+        flush_outcomes()  # mint outcomes are written behind the request
         return self.stores.credentials.get(self.org_id, name)
 
     def refresh_token(self, name: str) -> str:
