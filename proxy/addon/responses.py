@@ -105,6 +105,8 @@ def install_error_pages() -> None:
     from mitmproxy.proxy.layers.http import _http1, _http2
 
     def make_error_response(status_code: int, message: str = "") -> bytes:
+        if status_code >= 500 and upstream_cause(message) == "timeout":
+            status_code = 504  # a deadline capgate enforces (deadlines.py) or a timeout
         response = http.Response.make(
             status_code,
             error_body(status_code, message),

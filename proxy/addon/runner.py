@@ -32,6 +32,7 @@ from mitmproxy import certs, master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 
 from .broker_port import BrokerPort
+from .deadlines import UpstreamDeadlines
 from .flowstate import finish, get_state
 from .hooks import CapgateAddon
 from .responses import install_error_pages
@@ -146,6 +147,7 @@ async def build_master(
         disable_h2c.DisableH2C(),
         *settings.extra_addons,
         addon,
+        UpstreamDeadlines(),
     )
     m.options.update(
         mode=["regular"],
