@@ -32,6 +32,7 @@ from mitmproxy import certs, master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 
 from .broker_port import BrokerPort
+from .connections import ConnectionGuard
 from .deadlines import UpstreamDeadlines
 from .flowstate import finish, get_state
 from .hooks import CapgateAddon
@@ -148,6 +149,7 @@ async def build_master(
         *settings.extra_addons,
         addon,
         UpstreamDeadlines(),
+        ConnectionGuard(),
     )
     m.options.update(
         mode=["regular"],
