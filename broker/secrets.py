@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from . import audit, changes, vault
-from .errors import Conflict, FieldError, InvalidInput, NotFound
+from .errors import Exists, FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .secretvalue import SecretValue
 from .store import ControlStore, check_name, new_id
@@ -119,7 +119,7 @@ class Secrets:
                 "SELECT 1 FROM secrets WHERE org_id = ? AND name = ?", (org_id, name)
             ).fetchone()
         if found:
-            raise Conflict(
+            raise Exists(
                 f"secret {name!r} already exists; secrets are not updated in place: "
                 f"delete it first (capgate secret delete {name})"
             )

@@ -38,7 +38,7 @@ from .checks import (
 )
 from .flowstate import FlowState, finish, get_state, new_state
 from .reload import CapsWatcher
-from .responses import deny_response, proxy_auth_required
+from .responses import deny_response, proxy_auth_required, upstream_cause
 from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
 from .tripwire import tripwire_for
@@ -353,6 +353,22 @@ class CapgateAddon:
         state = get_state(flow)
         if state is None:
             return
+        message = flow.error.msg if flow.error is not None else ""
+        status = flow.response.status_code if flow.response is not None else None
         if state.reason is None and state.decision == Decision.ALLOW:
-            state.reason = "upstream_error"
-        finish(self.broker, flow, state, None)
+            if status is not None and _client_went_away(flow, message):
+                # The upstream answered; the agent stopped reading (an SDK closing its
+                # stream after `data: [DONE]`): not an upstream failure.
+                state.reason = "client_closed"
+            else:
+                state.reason = f"upstream_{upstream_cause(message)}"
+        finish(self.broker, flow, state, status)
+
+
+def _client_went_away(flow: http.HTTPFlow, message: str) -> bool:
+    lowered = message.lower()
+    return (
+        lowered.startswith("client disconnected")
+        or "stream reset by client" in lowered
+        or flow.client_conn.timestamp_end is not None
+    )
