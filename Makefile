@@ -31,8 +31,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# Everything, slow tier included (the demo, the CLI-process e2e suites, the races).
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The tier for every edit: tests not marked slow (@pytest.mark.slow: more than ~5 s).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)
 	@# A fast local upstream for the load (the bench falls back to its asyncio server without it).

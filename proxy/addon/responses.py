@@ -10,7 +10,7 @@ import json
 
 from mitmproxy import http
 
-from .checks import Destination
+from capgate.caps import Destination
 
 REALM = "capgate"
 

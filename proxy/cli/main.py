@@ -35,6 +35,9 @@ LAZY_COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "exec": (("agent",), "Run CMD contained, through a short-lived workspace."),
     "env": (("agent",), "Print shell lines wiring a new workspace to a proxy."),
     "replay": (("replay",), "Run recorded requests through the addon offline; diff them."),
+    "serve": (("serve",), "Run the control plane: JSON API, console, OAuth callback."),
+    "apikey": (("serve",), "API keys for the control plane (shown once)."),
+    "console-link": (("serve",), "Print a one-time sign-in link to the web console."),
 }
 # Modules registered eagerly (commands not listed above).
 EAGER_MODULES: tuple[str, ...] = ()
