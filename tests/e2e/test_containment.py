@@ -122,11 +122,22 @@ def _workspaces(home: CliHome) -> list[dict]:
 
 
 @needs_bwrap
+@pytest.mark.parametrize("workdir", ["beside", "above"])
 def test_contained_child_cannot_read_the_home_or_find_it_through_proc(
-    cli_home: CliHome, caps_file: Path, pki: TestPki, tls_upstream: Upstream, tmp_path: Path
+    cli_home: CliHome,
+    caps_file: Path,
+    pki: TestPki,
+    tls_upstream: Upstream,
+    tmp_path: Path,
+    workdir: str,
 ) -> None:
+    # beside: the home is outside CMD's folder; above: the home is inside it (bound rw)
     probe = _probe(tmp_path, cli_home, tls_upstream.port)
-    done = _exec(cli_home, caps_file, pki, sys.executable, str(probe), cwd=probe.parent)
+    cwd = probe.parent if workdir == "beside" else tmp_path
+    if workdir == "above":
+        (tmp_path / "probe-args").write_text((probe.parent / "probe-args").read_text())
+    assert (cli_home.root / "key").exists()
+    done = _exec(cli_home, caps_file, pki, sys.executable, str(probe), cwd=cwd)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found["read_key"] != "ok" and found["read_control_db"] != "ok"
