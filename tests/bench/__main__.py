@@ -147,6 +147,13 @@ def match_scaling() -> Result:
     return dict(bench_caps.run())
 
 
+def exec_startup() -> Result:
+    """`capgate exec -- true`, contained and not (tests/bench/bench_exec.py)."""
+    from tests.bench import bench_exec
+
+    return bench_exec.run(runs=3)
+
+
 def decision_writer() -> Result:
     try:
         from tests.bench import bench_decisions
@@ -448,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         run_all(settings, Path(tmp), report)
     step("match scaling and policy_decision writer (in this process)")
     report["match_scaling"] = match_scaling()
+    report["exec_startup"] = exec_startup()
     if not settings.stock_only:
         report["decision_writer"] = decision_writer()
     report["wall_s"] = round(time.monotonic() - started, 1)
