@@ -20,6 +20,7 @@ import click
 from capgate.broker.apikeys import parse_duration
 from capgate.broker.home import Home, replace_file
 from capgate.broker.oauth import Endpoints
+from capgate.broker.oidc import check_issuer
 from capgate.broker.verify import load_verify_overrides
 
 from .support import (
@@ -86,8 +87,22 @@ def serve(
 ) -> None:
     """Run the control plane: JSON API, console, OAuth callback, /healthz, /metrics."""
     host, port = _parse_listen(listen)
+    oidc = None
     if oidc_issuer or oidc_client_id or oidc_client_secret_file:
-        _fail("console single sign-on (--oidc-*) is not available in this build", 2)
+        if not (oidc_issuer and oidc_client_id):
+            _fail("single sign-on needs --oidc-issuer and --oidc-client-id", 2)
+        assert oidc_issuer is not None
+        check_issuer(oidc_issuer)
+        if oidc_client_secret_file is not None and not oidc_client_secret_file.is_file():
+            _fail(f"cannot read {oidc_client_secret_file}", 2)
+        oidc = {
+            "issuer": oidc_issuer,
+            "client_id": oidc_client_id,
+            # the path travels, never the secret (a process's environment is readable)
+            "client_secret_file": str(oidc_client_secret_file.resolve())
+            if oidc_client_secret_file
+            else None,
+        }
     if public_url is not None:
         parts = urlsplit(public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
@@ -124,6 +139,8 @@ def serve(
             "home": str(home.root),
             "public_url": base,
             "caps_files": [str(p.resolve()) for p in caps_files],
+            "org": ctx.obj.org,
+            "oidc": oidc,
         }
     )
     import uvicorn
