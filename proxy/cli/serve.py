@@ -22,6 +22,7 @@ from capgate.broker.home import Home, replace_file
 from capgate.broker.oauth import Endpoints
 from capgate.broker.oidc import check_issuer
 from capgate.broker.verify import load_verify_overrides
+from capgate.caps import CapsError, load_caps
 
 from .support import (
     _actor,
@@ -114,6 +115,13 @@ def serve(
             "--public-url https://... (the TLS terminator's URL), or --insecure-public",
             2,
         )
+    for caps_file in caps_files:  # the roles shown must come from files the proxies can run
+        try:
+            load_caps(caps_file)
+        except CapsError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            _fail(f"{caps_file} is not a valid caps file", 1)
     home = Home(ctx.obj.home)
     home.require_initialized()
     announce_overrides(Endpoints.from_env(), load_verify_overrides())  # also validates them
