@@ -63,6 +63,15 @@ def _insert_session(
     )
 
 
+def _prune(conn: sqlite3.Connection) -> None:
+    """Forget links and sessions that expired (or ended) a day ago or more."""
+    cutoff = iso_after(-86400)
+    conn.execute("DELETE FROM console_links WHERE expires_at < ?", (cutoff,))
+    conn.execute(
+        "DELETE FROM console_sessions WHERE expires_at < ? OR revoked_at < ?", (cutoff, cutoff)
+    )
+
+
 class Sessions:
     """Console links and sessions of every org in one control store."""
 
@@ -75,6 +84,7 @@ class Sessions:
         token = LINK_PREFIX + secrets.token_urlsafe(32)
         link = Link(token, iso_after(ttl_s))
         with self._store.write() as conn:
+            _prune(conn)
             conn.execute(
                 "INSERT INTO console_links (sha256, org_id, user_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
