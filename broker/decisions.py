@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import chain
+from .audit import read_head, write_head
 from .store import ControlStore, connect, immediate
 from .types import PolicyDecision
 
@@ -81,36 +83,98 @@ class DecisionWriter:
     def _write(self, conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
         try:
             with immediate(conn):
-                conn.executemany(_INSERT, [_params(d) for d in batch])
+                write_chained(conn, batch)
         except sqlite3.Error as exc:
             log.error("could not write %d policy decisions: %s", len(batch), exc)
 
 
-_COLUMNS = (
-    "at, org_id, workspace_id, capability, decision, reason, method, scheme, host, port, path,"
-    " transforms_applied, transforms_failed, auth_failures, upstream_status, duration_ms"
+def write_chained(conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
+    """Insert `batch` linked into each org's decisions chain, inside the caller's write
+    transaction: the heads are read and moved under the same lock, so any number of
+    processes writing to one store produce one chain per org."""
+    next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM policy_decisions").fetchone()[0]
+    heads: dict[str, chain.Head] = {}
+    params = []
+    for offset, decision in enumerate(batch):
+        org_key = decision.org_id or chain.NO_ORG
+        head = heads.get(org_key)
+        if head is None:
+            head = read_head(conn, org_key, "decisions")
+        fields = row_fields(next_id + offset, head.seq + 1, decision)
+        link = chain.link(head.chain, fields)
+        heads[org_key] = chain.Head(head.seq + 1, link)
+        params.append(_params(fields, link))
+    conn.executemany(_INSERT, params)
+    for org_key, head in heads.items():
+        write_head(conn, org_key, "decisions", head)
+
+
+_FIELDS = (
+    "id",
+    "seq",
+    "at",
+    "org_id",
+    "workspace_id",
+    "capability",
+    "decision",
+    "reason",
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "transforms_applied",
+    "transforms_failed",
+    "auth_failures",
+    "upstream_status",
+    "duration_ms",
 )
-_INSERT = f"INSERT INTO policy_decisions ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_JSON_FIELDS = frozenset({"transforms_applied", "transforms_failed", "auth_failures"})
+_INSERT = (
+    f"INSERT INTO policy_decisions ({', '.join(_FIELDS)}, chain)"
+    f" VALUES ({', '.join('?' * (len(_FIELDS) + 1))})"
+)
 
 
-def _params(d: PolicyDecision) -> tuple:
+def _opt(kind: type, value: object) -> object:
+    return None if value is None else kind(value)
+
+
+def row_fields(row_id: int, seq: int, d: PolicyDecision) -> dict:
+    """The row as it reads back from the store (and as export prints it), without `chain`.
+
+    Values take the column types here (`at` a float, `port` an int, ...), so the JSON
+    hashed now is the JSON recomputed from the stored row later.
+    """
+    return {
+        "id": row_id,
+        "seq": seq,
+        "at": float(d.at),
+        "org_id": _opt(str, d.org_id),
+        "workspace_id": _opt(str, d.workspace_id),
+        "capability": _opt(str, d.capability),
+        "decision": str(d.decision),
+        "reason": _opt(str, d.reason),
+        "method": str(d.method),
+        "scheme": str(d.scheme),
+        "host": str(d.host),
+        "port": int(d.port),
+        "path": str(d.path),
+        "transforms_applied": [str(t) for t in d.transforms_applied],
+        "transforms_failed": {str(k): str(v) for k, v in d.transforms_failed.items()},
+        "auth_failures": {str(k): str(v) for k, v in d.auth_failures.items()},
+        "upstream_status": _opt(int, d.upstream_status),
+        "duration_ms": _opt(float, d.duration_ms),
+    }
+
+
+def _params(fields: dict, link: str) -> tuple:
     return (
-        d.at,
-        d.org_id,
-        d.workspace_id,
-        d.capability,
-        str(d.decision),
-        d.reason,
-        d.method,
-        d.scheme,
-        d.host,
-        d.port,
-        d.path,
-        json.dumps(list(d.transforms_applied)),
-        json.dumps(dict(d.transforms_failed), sort_keys=True),
-        json.dumps(dict(d.auth_failures), sort_keys=True),
-        d.upstream_status,
-        d.duration_ms,
+        *(
+            json.dumps(fields[name], sort_keys=True) if name in _JSON_FIELDS else fields[name]
+            for name in _FIELDS
+        ),
+        link,
     )
 
 
@@ -120,15 +184,20 @@ class StoredDecision:
 
     id: int
     decision: PolicyDecision
+    seq: int | None = None  # None: written before the chain started
+    chain: str | None = None
 
     def to_json(self) -> dict:
+        """The row's fields: with `seq` and `chain`, exactly what the chain hashes."""
         d = self.decision
         return {
             "id": self.id,
+            "seq": self.seq,
             **{k: getattr(d, k) for k in d.__dataclass_fields__},
             "transforms_applied": list(d.transforms_applied),
             "transforms_failed": dict(d.transforms_failed),
             "auth_failures": dict(d.auth_failures),
+            "chain": self.chain,
         }
 
 
@@ -181,4 +250,4 @@ def _stored(row: sqlite3.Row) -> StoredDecision:
         upstream_status=row["upstream_status"],
         duration_ms=row["duration_ms"],
     )
-    return StoredDecision(row["id"], decision)
+    return StoredDecision(row["id"], decision, row["seq"], row["chain"])

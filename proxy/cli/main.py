@@ -54,7 +54,7 @@ def _register() -> None:
     import importlib
 
     # Order matters: oauth attaches `cred connect` to the group cred registers.
-    command_modules = ("caps", "store", "cred", "oauth", "proxy", "replay")
+    command_modules = ("caps", "store", "cred", "oauth", "proxy", "decisions", "replay")
     for module_name in command_modules:
         module = importlib.import_module(f"capgate.proxy.cli.{module_name}")
         module.register(main)

@@ -1,4 +1,4 @@
-"""Proxy commands: `capgate proxy`, `capgate ca`, `capgate exec`, `capgate decisions`.
+"""Proxy commands: `capgate proxy`, `capgate ca`, `capgate exec`.
 
 `exec` runs CMD with the proxy and CA-trust variables that common runtimes read. NO_PROXY
 is set to `--no-proxy` (empty by default, replacing any inherited value): capgate can only
@@ -8,22 +8,17 @@ stamp credentials on requests that go through it, local services included.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import subprocess
-import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError, NotFound
 from capgate.broker.home import Home
-from capgate.broker.store import ABSENT_ORG, check_name
+from capgate.broker.store import check_name
 from capgate.broker.stores import Stores
 from capgate.caps import CapsError
 
@@ -254,68 +249,6 @@ def _run_child(command: list[str], env: dict[str, str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def _row_line(stored: StoredDecision) -> str:
-    d = stored.decision
-    at = datetime.fromtimestamp(d.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    outcome = d.decision + (f"/{d.reason}" if d.reason else "")
-    status = str(d.upstream_status) if d.upstream_status is not None else "-"
-    duration = f"{d.duration_ms:.0f}ms" if d.duration_ms is not None else "-"
-    extra = []
-    if d.transforms_failed:
-        extra.append("failed=" + ",".join(f"{k}:{v}" for k, v in d.transforms_failed.items()))
-    if d.auth_failures:
-        extra.append("auth=" + ",".join(f"{k}:{v}" for k, v in d.auth_failures.items()))
-    return "  ".join(
-        [
-            at,
-            f"{outcome:<24}",
-            f"{d.method:<7}",
-            f"{d.host}:{d.port}{d.path}",
-            status,
-            duration,
-            d.capability or "-",
-            d.workspace_id or "-",
-            *extra,
-        ]
-    )
-
-
-@click.command("decisions")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--follow", is_flag=True, help="Keep printing new decisions.")
-@click.option("--workspace", "workspace_id", default=None)
-@click.option("--limit", default=50, show_default=True, help="How many recent rows.")
-@click.option("--all-orgs", is_flag=True, help="Every org, and requests without a token.")
-@click.pass_context
-def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None:
-    """Recent policy decisions (one per request), oldest first."""
-    try:
-        stores = Stores.open(Home(ctx.obj.home))
-        # A read: an org never created has no rows (and is not created here).
-        org_id = None if all_orgs else (stores.control.find_org_id(ctx.obj.org) or ABSENT_ORG)
-    except CapgateError as exc:
-        _fail(str(exc), exc.exit_code)
-    ctx.call_on_close(stores.close)
-    rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=limit)
-    last = rows[-1].id if rows else 0
-    _print_rows(rows, as_json)
-    while follow:
-        try:
-            time.sleep(0.5)
-        except KeyboardInterrupt:
-            return
-        rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, since_id=last)
-        if rows:
-            last = rows[-1].id
-            _print_rows(rows, as_json)
-
-
-def _print_rows(rows: list[StoredDecision], as_json: bool) -> None:
-    for row in rows:
-        click.echo(json.dumps(row.to_json(), sort_keys=True) if as_json else _row_line(row))
-    sys.stdout.flush()
-
-
 def register(main: click.Group) -> None:
-    for command in (proxy_command, ca_command, exec_command, decisions_command):
+    for command in (proxy_command, ca_command, exec_command):
         main.add_command(command)
