@@ -18,31 +18,8 @@ from capgate.broker.home import Home, init_home
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.store import MIGRATIONS, connect, migrate
 from capgate.broker.stores import Stores
-from capgate.broker.types import PolicyDecision
 from tests.broker.conftest import Cli
-
-ORG = "acme"
-
-
-def decision(i: int, org_id: str | None, workspace_id: str | None = "ws_1") -> PolicyDecision:
-    return PolicyDecision(
-        at=1_700_000_000 + i,  # an int: the writer must hash the float the store returns
-        org_id=org_id,
-        workspace_id=workspace_id,
-        capability="github-api",
-        decision="allow",
-        reason=None,
-        method="GET",
-        scheme="https",
-        host="api.github.com",
-        port=443,
-        path=f"/repos/{i}",
-        transforms_applied=("auth:github",),
-        transforms_failed={"header:X-A": "cel_error"},
-        auth_failures={"jira": "auth_unavailable"},
-        upstream_status=200,
-        duration_ms=1.5,
-    )
+from tests.evidence.conftest import ORG, decision
 
 
 def _write_decisions(root: str, org: str, start: int, count: int) -> None:
@@ -57,14 +34,6 @@ def _write_decisions(root: str, org: str, start: int, count: int) -> None:
             stores.secrets.set(org_id, f"s-{i}", SecretValue("v"))  # an audit event
     writer.close()
     stores.close()
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    root = tmp_path / "home"
-    init_home(root)
-    Stores.open(Home(root)).close()
-    return Home(root)
 
 
 @pytest.fixture
