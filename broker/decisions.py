@@ -8,14 +8,16 @@ own SQLite connection writes batches (every FLUSH_INTERVAL_S or FLUSH_ROWS rows,
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import chain
+from . import chain, metrics
 from .audit import read_head, write_head
 from .store import ControlStore, connect, immediate
 from .types import PolicyDecision
@@ -25,7 +27,13 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 500
 MAX_QUEUED = 100_000
-_STOP = object()
+# The writer's own lock wait: past it a batch counts as failed (and is retried), so a
+# store held locked shows as "not writable" within seconds, not after the CLI's 10 s.
+WRITE_BUSY_TIMEOUT_MS = 2_000
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+CLOSE_RETRY_S = 5.0  # how long close() keeps retrying rows the store refuses
+FAILURE_LOG_EVERY_S = 10.0
 
 
 class DecisionWriter:
@@ -34,15 +42,27 @@ class DecisionWriter:
     `record` only appends to a deque (atomic under the GIL; no lock, no thread wake-up):
     the writer thread drains it every FLUSH_INTERVAL_S, or as soon as a full batch is
     waiting, and once more on `close`.
+
+    When the store refuses a batch (locked past WRITE_BUSY_TIMEOUT_MS, disk full, file
+    unreadable) the batch is kept and retried first, in order, with backoff doubling from
+    RETRY_MIN_S to RETRY_MAX_S; meanwhile `writable()` is False (the proxy's
+    --audit-fail-closed refuses requests then), new rows queue up to MAX_QUEUED, and every
+    failure and lost row is counted (broker/metrics.py) and logged.
     """
 
     def __init__(self, control_db: Path) -> None:
         self._path = control_db
         self._rows: collections.deque[PolicyDecision] = collections.deque()
+        self._pending: list[PolicyDecision] = []  # a refused batch, retried before new rows
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._stopping = False
+        self._failing_since: float | None = None
+        self._last_failure_log = 0.0
         self.dropped = 0
+        self.failures = 0
         self._thread = threading.Thread(target=self._run, name="capgate-decisions", daemon=True)
+        metrics.watch_writer(self)
         self._thread.start()
 
     def record(self, decision: PolicyDecision) -> None:
@@ -50,42 +70,111 @@ class DecisionWriter:
         queued = len(self._rows)
         if queued >= MAX_QUEUED:
             self.dropped += 1
+            metrics.DECISION_ROWS_DROPPED.inc()
             return
         self._rows.append(decision)
         if queued + 1 == FLUSH_ROWS:
             self._wake.set()
 
+    def writable(self) -> bool:
+        """False from a refused write until the next write succeeds."""
+        return self._failing_since is None
+
+    def queue_depth(self) -> int:
+        return len(self._rows) + len(self._pending)
+
     def close(self) -> None:
-        """Write every queued row and stop the thread."""
+        """Write every queued row and stop the thread (giving up on rows the store still
+        refuses after CLOSE_RETRY_S, which are counted as dropped and logged)."""
         if self._thread.is_alive():
             self._stopping = True
+            self._stop.set()
             self._wake.set()
             self._thread.join()
 
     def _run(self) -> None:
-        conn = connect(self._path)
+        conn: sqlite3.Connection | None = None
+        backoff = 0.0
+        give_up_at: float | None = None
         try:
-            while not self._stopping:
-                self._wake.wait(FLUSH_INTERVAL_S)
-                self._wake.clear()
-                self._drain(conn)
-            self._drain(conn)  # rows recorded before close() returned
+            while True:
+                if self._stopping:
+                    if give_up_at is None:
+                        give_up_at = time.monotonic() + CLOSE_RETRY_S
+                    if backoff:
+                        time.sleep(min(backoff, max(0.0, give_up_at - time.monotonic())))
+                elif backoff:
+                    self._stop.wait(backoff)  # not cut short by new rows: back off
+                else:
+                    self._wake.wait(FLUSH_INTERVAL_S)
+                    self._wake.clear()
+                conn, ok = self._drain(conn)
+                backoff = 0.0 if ok else min(max(backoff * 2, RETRY_MIN_S), RETRY_MAX_S)
+                if self._stopping and (ok or time.monotonic() >= (give_up_at or 0.0)):
+                    break
         finally:
-            conn.close()
+            lost = self.queue_depth()
+            if lost:
+                self.dropped += lost
+                metrics.DECISION_ROWS_DROPPED.inc(lost)
+                log.error("%d policy decisions could not be written and are lost", lost)
+            if conn is not None:
+                conn.close()
 
-    def _drain(self, conn: sqlite3.Connection) -> None:
-        while self._rows:
-            batch = []
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect(self._path)
+        conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _drain(self, conn: sqlite3.Connection | None) -> tuple[sqlite3.Connection | None, bool]:
+        """Write everything queued, oldest first; stop at the first refused batch."""
+        while self._pending or self._rows:
+            batch = self._pending
             while self._rows and len(batch) < FLUSH_ROWS:
                 batch.append(self._rows.popleft())
-            self._write(conn, batch)
+            self._pending = batch
+            try:
+                if conn is None:
+                    conn = self._connect()
+                with immediate(conn):
+                    write_chained(conn, batch)
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc)
+                if conn is not None and conn.in_transaction:  # a COMMIT that failed
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if conn is not None and not isinstance(exc, sqlite3.OperationalError):
+                    conn.close()  # reopen next time: the file or connection may be broken
+                    conn = None
+                return conn, False
+            self._pending = []
+            metrics.DECISION_ROWS_WRITTEN.inc(len(batch))
+            self._recovered()
+        return conn, True
 
-    def _write(self, conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
-        try:
-            with immediate(conn):
-                write_chained(conn, batch)
-        except sqlite3.Error as exc:
-            log.error("could not write %d policy decisions: %s", len(batch), exc)
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        metrics.DECISION_WRITE_FAILURES.inc()
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._failing_since == now or now - self._last_failure_log >= FAILURE_LOG_EVERY_S:
+            self._last_failure_log = now
+            log.error(
+                "cannot write policy decisions (%s): %d rows waiting, %d dropped; retrying",
+                exc,
+                self.queue_depth(),
+                self.dropped,
+            )
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "policy decisions are being written again (after %.1f s, %d failed attempts)",
+                time.monotonic() - self._failing_since,
+                self.failures,
+            )
+            self._failing_since = None
 
 
 def write_chained(conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:

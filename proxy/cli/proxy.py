@@ -66,10 +66,10 @@ def _check_caps(path: Path) -> None:
         _fail(f"{path} is not a valid caps file", 1)
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint="--listen")
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint=flag)
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -97,15 +97,35 @@ def _open_broker(home: Path):  # -> Broker
     default=None,
     help="Write every request handled as a replay fixture into DIR (values as placeholders).",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    help="HOST:PORT to serve Prometheus /metrics on (e.g. 127.0.0.1:9464); off by default.",
+)
+@click.option(
+    "--audit-fail-closed",
+    is_flag=True,
+    help="Refuse requests (503) while policy decisions cannot be written to the store.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never values).")
 @click.pass_context
 def proxy_command(
-    ctx, caps_path, listen, upstream_cas, body_limit, access_log, record_dir, verbose
+    ctx,
+    caps_path,
+    listen,
+    upstream_cas,
+    body_limit,
+    access_log,
+    record_dir,
+    metrics_listen,
+    audit_fail_closed,
+    verbose,
 ) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
     configure_logging(verbose=verbose, access_log=access_log)
     _check_caps(caps_path)
     host, port = _parse_listen(listen)
+    metrics_addr = _parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None
     if host not in LOOPBACK:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
@@ -117,6 +137,7 @@ def proxy_command(
         listen_port=port,
         upstream_cas=tuple(upstream_cas),
         body_limit=body_limit,
+        audit_fail_closed=audit_fail_closed,
         extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
     try:
@@ -124,10 +145,25 @@ def proxy_command(
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
     logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    if metrics_addr is not None:
+        _serve_metrics(*metrics_addr)
     try:
         asyncio.run(serve(settings, broker))
     except (RuntimeError, OSError, ValueError) as exc:
         _fail(str(exc), 1)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    from capgate.broker.metrics import serve_metrics
+
+    if host not in LOOPBACK:
+        logger.warning("metrics on %s: reachable beyond this machine, without auth", host)
+    try:
+        server, _thread = serve_metrics(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen for metrics on {host}:{port}: {exc.strerror}", 1)
+    bound_host, bound_port = server.server_address[:2]  # type: ignore[attr-defined]
+    logger.info("metrics on http://%s:%d/metrics", bound_host, bound_port)
 
 
 @click.command("ca")
