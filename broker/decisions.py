@@ -2,7 +2,9 @@
 
 `DecisionWriter.record()` only appends to an in-memory queue; a background thread with its
 own SQLite connection writes batches (every FLUSH_INTERVAL_S or FLUSH_ROWS rows, and on
-`close()`), so the request path never waits on the disk.
+`close()`), so the request path never waits on the disk. The queue is bounded: when the
+disk cannot keep up, rows beyond MAX_QUEUED are dropped, counted (`dropped`) and reported
+by a warning the first time and then at most every DROP_WARNING_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
 CLOSE_RETRY_S = 5.0  # how long close() keeps retrying rows the store refuses
 FAILURE_LOG_EVERY_S = 10.0
+DROP_WARNING_INTERVAL_S = 60.0
 
 
 class DecisionWriter:
@@ -50,38 +54,75 @@ class DecisionWriter:
     failure and lost row is counted (broker/metrics.py) and logged.
     """
 
-    def __init__(self, control_db: Path) -> None:
+    def __init__(
+        self,
+        control_db: Path,
+        *,
+        max_queued: int = MAX_QUEUED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._path = control_db
         self._rows: collections.deque[PolicyDecision] = collections.deque()
         self._pending: list[PolicyDecision] = []  # a refused batch, retried before new rows
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._stopping = False
+        self._max_queued = max_queued
+        self._clock = clock
+        self._dropped = 0
+        self._dropped_warned = 0  # the count at the last warning
+        self._next_warning = 0.0  # clock time before which no further warning is logged
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
-        self.dropped = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="capgate-decisions", daemon=True)
         metrics.watch_writer(self)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """How many rows were dropped because the queue was full, since the writer started."""
+        return self._dropped
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer thread (a batch the store refused included)."""
+        return len(self._rows) + len(self._pending)
+
     def record(self, decision: PolicyDecision) -> None:
-        """Queue one row; never blocks. Rows beyond MAX_QUEUED are counted and dropped."""
+        """Queue one row; never blocks. Rows beyond the queue bound are counted and dropped."""
         queued = len(self._rows)
-        if queued >= MAX_QUEUED:
-            self.dropped += 1
+        if queued >= self._max_queued:
+            self._dropped += 1
             metrics.DECISION_ROWS_DROPPED.inc()
+            self._warn_dropped()
             return
         self._rows.append(decision)
         if queued + 1 == FLUSH_ROWS:
             self._wake.set()
 
+    def _warn_dropped(self) -> None:
+        """The first drop, then at most one warning per interval (counts only, no row)."""
+        now = self._clock()
+        if self._dropped_warned and now < self._next_warning:
+            return
+        self._next_warning = now + DROP_WARNING_INTERVAL_S
+        log.warning(
+            "policy decision queue full (%d rows waiting for the disk): dropped %d rows "
+            "(%d in total); the decision log is incomplete",
+            self._max_queued,
+            self._dropped - self._dropped_warned,
+            self._dropped,
+        )
+        self._dropped_warned = self._dropped
+
     def writable(self) -> bool:
-        """False from a refused write until the next write succeeds."""
-        return self._failing_since is None
+        """False from a refused write until the next write succeeds, and while the queue
+        is full (rows are being dropped)."""
+        return self._failing_since is None and len(self._rows) < self._max_queued
 
     def queue_depth(self) -> int:
-        return len(self._rows) + len(self._pending)
+        return self.queued
 
     def close(self) -> None:
         """Write every queued row and stop the thread (giving up on rows the store still
@@ -115,7 +156,7 @@ class DecisionWriter:
         finally:
             lost = self.queue_depth()
             if lost:
-                self.dropped += lost
+                self._dropped += lost
                 metrics.DECISION_ROWS_DROPPED.inc(lost)
                 log.error("%d policy decisions could not be written and are lost", lost)
             if conn is not None:
@@ -303,7 +344,8 @@ def list_decisions(
     With `limit`, the newest `limit` rows after `since_id` (for `--follow`, pass the last
     id seen as `since_id` and no limit).
     """
-    where, params = ["1 = 1"], []
+    where: list[str] = ["1 = 1"]
+    params: list[str | int] = []
     if org_id is not None:
         where.append("org_id = ?")
         params.append(org_id)
