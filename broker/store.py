@@ -212,8 +212,9 @@ def _v2_decisions_and_changes(db: sqlite_utils.Database) -> None:
 
 def _v3_workspace_leases(db: sqlite_utils.Database) -> None:
     """Workspace leases: `expires_at` (ISO text, NULL for no expiry) on workspaces."""
-    if "expires_at" not in db["workspaces"].columns_dict:
-        db["workspaces"].add_column("expires_at", str)
+    workspaces = db.table("workspaces")
+    if "expires_at" not in workspaces.columns_dict:
+        workspaces.add_column("expires_at", str)
 
 
 def _v4_hash_chains(db: sqlite_utils.Database) -> None:

@@ -24,7 +24,7 @@ def parse_duration(text: str) -> int:
 class Duration(click.ParamType):
     name = "DURATION"
 
-    def convert(self, value, param, ctx) -> int:  # type: ignore[no-untyped-def]
+    def convert(self, value, param, ctx) -> int:
         if isinstance(value, int):
             return value
         try:
