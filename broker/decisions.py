@@ -86,8 +86,8 @@ class DecisionWriter:
 
     @property
     def queued(self) -> int:
-        """Rows waiting for the writer thread (a batch the store refused included)."""
-        return len(self._rows) + len(self._pending)
+        """Rows waiting for the writer thread."""
+        return len(self._rows)
 
     def record(self, decision: PolicyDecision) -> None:
         """Queue one row; never blocks. Rows beyond the queue bound are counted and dropped."""
@@ -122,7 +122,8 @@ class DecisionWriter:
         return self._failing_since is None and len(self._rows) < self._max_queued
 
     def queue_depth(self) -> int:
-        return self.queued
+        """Rows not yet written: queued, and a batch the store refused (being retried)."""
+        return len(self._rows) + len(self._pending)
 
     def close(self) -> None:
         """Write every queued row and stop the thread (giving up on rows the store still

@@ -227,8 +227,8 @@ def _v4_hash_chains(db: sqlite_utils.Database) -> None:
     from . import audit  # audit imports this module
 
     for table in ("policy_decisions", "audit_events"):
-        db[table].add_column("seq", int)
-        db[table].add_column("chain", str)
+        db.table(table).add_column("seq", int)
+        db.table(table).add_column("chain", str)
     db.execute("CREATE UNIQUE INDEX idx_policy_decisions_chain ON policy_decisions (org_id, seq)")
     db.execute("CREATE UNIQUE INDEX idx_audit_events_chain ON audit_events (org_id, seq)")
     db.execute(

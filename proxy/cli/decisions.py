@@ -96,10 +96,8 @@ def _chain_name(stores: Stores | None, report: evidence.ChainReport) -> str:
     if report.org_key == NO_ORG:
         org = "no org"
     elif stores is not None:
-        try:
-            org = f"org {stores.control.org_name(report.org_key)}"
-        except CapgateError:
-            org = f"org id {report.org_key}"
+        rows = stores.control.query("SELECT name FROM orgs WHERE id = ?", (report.org_key,))
+        org = f"org {rows[0]['name']}" if rows else f"org id {report.org_key}"
     else:
         org = f"org id {report.org_key}"
     return f"{report.kind} chain of {org}"
