@@ -287,3 +287,55 @@ def test_audit_fail_closed_answers_503_while_the_store_is_unwritable_and_recover
     assert rows[-1]["path"] == "/repos/1000" and rows[-1]["decision"] == "allow"
     assert cli_home.run("decisions", "verify", check=False).returncode == 0
     assert all(c not in proxy.output() + body for c in CANARIES)
+
+
+def test_caps_diff_re_decides_recorded_traffic_under_a_candidate(
+    cli_home: CliHome, start, tls_upstream: Upstream, caps_file: Path, tmp_path: Path
+) -> None:
+    # given real traffic through the proxy: two allowed by github-api, one by graph, one denied
+    proxy = start()
+    _, token = cli_home.workspace("researcher")
+    ca = _ca(cli_home)
+    for path, status in (("/repos/a", 200), ("/repos/a", 200), ("/graph/me", 200), ("/other", 403)):
+        assert curl(proxy.url(token), ca, tls_upstream.url(path, host="localhost"))[0] == status
+    cli_home.decisions(at_least=4, wait=10)
+    proxy.terminate()
+    original = caps_file.read_text()
+
+    def diff(text: str, *args: str):
+        candidate = tmp_path / f"candidate-{len(list(tmp_path.glob('candidate-*')))}.yaml"
+        candidate.write_text(text)
+        return cli_home.run("caps", "diff", str(candidate), *args, check=False)
+
+    # when the candidate is the same file: nothing changes, exit 0
+    same = diff(original)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.strip().endswith("0 requests would change, 4 unchanged")
+    # when the candidate removes the graph capability: its request would be denied
+    removed = diff(
+        original.replace("capabilities: [github-api, graph]", "capabilities: [github-api]"),
+        "--json",
+    )
+    assert removed.returncode == 1, removed.stderr
+    document = json.loads(removed.stdout)
+    assert document["unchanged"] == 3
+    [change] = document["changed"]
+    assert {k: change[k] for k in ("method", "scheme", "host", "path", "role")} == {
+        "method": "GET",
+        "scheme": "https",
+        "host": "localhost",
+        "path": "/graph/me",
+        "role": "researcher",
+    }
+    assert change["port"] == tls_upstream.port and change["seq"] == 3
+    assert change["from"] == {"decision": "allow", "capability": "graph"}
+    assert change["to"] == {"decision": "deny", "capability": None}
+    # when the candidate widens github-api's paths: the denied request is allowed, and
+    # graph's request falls under github-api (the first match in file order)
+    widened = diff(original.replace('paths: ["/repos/**"]', 'paths: ["/**"]'))
+    assert widened.returncode == 1
+    out = widened.stdout
+    assert "deny -> allow github-api: 1 requests (1 distinct)" in out
+    assert f"GET https://localhost:{tls_upstream.port}/other  (role researcher)" in out
+    assert "allow graph -> allow github-api: 1 requests (1 distinct)" in out
+    assert out.strip().endswith("2 requests would change, 2 unchanged")
