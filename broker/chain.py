@@ -23,10 +23,15 @@ KINDS = ("decisions", "audit")
 NO_ORG = ""  # the chain key of decision rows without an org (failed proxy authentication)
 
 
+# One encoder, built once (json.dumps with options builds a new one on every call).
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical(row: Mapping[str, Any]) -> bytes:
     """The row's canonical JSON: its fields except `chain`, sorted keys, no whitespace."""
-    fields = {k: v for k, v in row.items() if k != "chain"}
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if "chain" in row:
+        row = {k: v for k, v in row.items() if k != "chain"}
+    return _ENCODE(row).encode()
 
 
 def link(previous: str, row: Mapping[str, Any]) -> str:

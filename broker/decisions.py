@@ -260,15 +260,10 @@ _FIELDS = (
     "upstream_status",
     "duration_ms",
 )
-_JSON_FIELDS = frozenset({"transforms_applied", "transforms_failed", "auth_failures"})
 _INSERT = (
     f"INSERT INTO policy_decisions ({', '.join(_FIELDS)}, chain)"
     f" VALUES ({', '.join('?' * (len(_FIELDS) + 1))})"
 )
-
-
-def _opt(kind: type, value: object) -> object:
-    return None if value is None else kind(value)
 
 
 def row_fields(row_id: int, seq: int, d: PolicyDecision) -> dict:
@@ -281,30 +276,48 @@ def row_fields(row_id: int, seq: int, d: PolicyDecision) -> dict:
         "id": row_id,
         "seq": seq,
         "at": float(d.at),
-        "org_id": _opt(str, d.org_id),
-        "workspace_id": _opt(str, d.workspace_id),
-        "capability": _opt(str, d.capability),
+        "org_id": d.org_id,
+        "workspace_id": d.workspace_id,
+        "capability": d.capability,
         "decision": str(d.decision),
-        "reason": _opt(str, d.reason),
-        "method": str(d.method),
-        "scheme": str(d.scheme),
-        "host": str(d.host),
+        "reason": d.reason,
+        "method": d.method,
+        "scheme": d.scheme,
+        "host": d.host,
         "port": int(d.port),
-        "path": str(d.path),
-        "transforms_applied": [str(t) for t in d.transforms_applied],
-        "transforms_failed": {str(k): str(v) for k, v in d.transforms_failed.items()},
-        "auth_failures": {str(k): str(v) for k, v in d.auth_failures.items()},
-        "upstream_status": _opt(int, d.upstream_status),
-        "duration_ms": _opt(float, d.duration_ms),
+        "path": d.path,
+        "transforms_applied": list(d.transforms_applied),
+        "transforms_failed": dict(d.transforms_failed),
+        "auth_failures": dict(d.auth_failures),
+        "upstream_status": None if d.upstream_status is None else int(d.upstream_status),
+        "duration_ms": None if d.duration_ms is None else float(d.duration_ms),
     }
 
 
-def _params(fields: dict, link: str) -> tuple:
+_COLUMN_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def _params(f: dict, link: str) -> tuple:
+    """The INSERT's parameters, in _FIELDS order, then `chain`."""
     return (
-        *(
-            json.dumps(fields[name], sort_keys=True) if name in _JSON_FIELDS else fields[name]
-            for name in _FIELDS
-        ),
+        f["id"],
+        f["seq"],
+        f["at"],
+        f["org_id"],
+        f["workspace_id"],
+        f["capability"],
+        f["decision"],
+        f["reason"],
+        f["method"],
+        f["scheme"],
+        f["host"],
+        f["port"],
+        f["path"],
+        _COLUMN_JSON(f["transforms_applied"]),
+        _COLUMN_JSON(f["transforms_failed"]),
+        _COLUMN_JSON(f["auth_failures"]),
+        f["upstream_status"],
+        f["duration_ms"],
         link,
     )
 
