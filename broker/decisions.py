@@ -162,6 +162,7 @@ class DecisionWriter:
                 log.error("%d policy decisions could not be written and are lost", lost)
             if conn is not None:
                 conn.close()
+            metrics.forget_writer(self)
 
     def _connect(self) -> sqlite3.Connection:
         conn = connect(self._path)
@@ -180,7 +181,7 @@ class DecisionWriter:
                     conn = self._connect()
                 with immediate(conn):
                     write_chained(conn, batch)
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # the thread must survive anything: retried, counted
                 self._failed(exc)
                 if conn is not None and conn.in_transaction:  # a COMMIT that failed
                     with contextlib.suppress(sqlite3.Error):
@@ -202,9 +203,12 @@ class DecisionWriter:
             self._failing_since = now
         if self._failing_since == now or now - self._last_failure_log >= FAILURE_LOG_EVERY_S:
             self._last_failure_log = now
+            # sqlite3 and OS errors name the condition ("database is locked", "disk I/O
+            # error"); anything else is named by its type only, its text could hold a row.
+            shown = exc if isinstance(exc, sqlite3.Error | OSError) else type(exc).__name__
             log.error(
                 "cannot write policy decisions (%s): %d rows waiting, %d dropped; retrying",
-                exc,
+                shown,
                 self.queue_depth(),
                 self.dropped,
             )

@@ -75,8 +75,12 @@ _writers: weakref.WeakSet[_Writer] = weakref.WeakSet()
 
 
 def watch_writer(writer: _Writer) -> None:
-    """Report a decision writer's queue depth and health while it lives."""
+    """Report a decision writer's queue depth and health until it stops."""
     _writers.add(writer)
+
+
+def forget_writer(writer: _Writer) -> None:
+    _writers.discard(writer)
 
 
 DECISION_QUEUE_DEPTH = Gauge(
