@@ -52,9 +52,11 @@ class ChainProblem:
     """The first row of a chain that does not verify, and what is wrong with it."""
 
     seq: int
-    problem: str  # changed | removed | reordered
+    problem: str  # changed | removed | reordered | head_removed
 
     def __str__(self) -> str:
+        if self.problem == "head_removed":
+            return "its head record (chain_heads) was removed: rows after the last one may be"
         return f"row seq {self.seq} was {self.problem}"
 
 

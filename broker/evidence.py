@@ -80,7 +80,7 @@ def verify_store(store: ControlStore, org_id: str | None) -> list[ChainReport]:
             head = chain.Head()
         result = chain.verify(rows, head=head if head.seq >= 0 else None)
         if head.seq < 0 and result.problem is None:
-            result = chain.ChainResult(result.rows, chain.ChainProblem(0, "removed"), 1)
+            result = chain.ChainResult(result.rows, chain.ChainProblem(0, "head_removed"), 1)
         table, col = (
             ("policy_decisions", "org_id") if kind == "decisions" else ("audit_events", "org_id")
         )

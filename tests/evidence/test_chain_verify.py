@@ -233,3 +233,12 @@ def test_verify_of_an_org_that_does_not_exist_is_an_error(home):
     result = Cli(home.root, org="nobody")("decisions", "verify")
     assert result.exit_code == 1
     assert "does not exist" in result.output
+
+
+def test_a_removed_chain_head_fails_verify(written, cli):
+    conn = db(written)
+    conn.execute("DELETE FROM chain_heads WHERE kind = 'decisions' AND org_key != ''")
+    conn.close()
+    result = cli("decisions", "verify")
+    assert result.exit_code == 1
+    assert "head record (chain_heads) was removed" in result.output
