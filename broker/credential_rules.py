@@ -12,7 +12,7 @@ import json
 import sqlite3
 
 from .credential_rows import CredentialSpec
-from .errors import Conflict, FieldError
+from .errors import Conflict, Exists, FieldError
 from .providers import USER_SCOPABLE_KINDS, Kind, validate_credential_spec
 from .secretvalue import SecretValue
 
@@ -98,7 +98,7 @@ def check_new_row(
     user_rows = [r for r in rows if r["user_id"] is not None]
     owner = "" if user_id is None else f" for user {spec.user!r}"
     if any(r["user_id"] == user_id for r in rows):
-        raise Conflict(
+        raise Exists(
             f"credential {spec.name!r}{owner} already exists; use cred update to replace "
             "its value, or cred delete first"
         )

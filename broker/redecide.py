@@ -2,9 +2,10 @@
 
 Each recorded policy_decision row whose outcome came from the policy (allowed, or denied
 `no_capability` / `plaintext`, CONNECT tunnels included) is decided again from its
-method, scheme, host, port, path and its workspace's role, with the same verdict function
-the proxy uses. Rows refused for other reasons (proxy authentication, a tripwire, a bad
-header, ...) or without a workspace are skipped: caps.yaml did not decide them.
+method, scheme, host, port, path and its workspace's role, with the same verdict
+functions the proxy uses (caps/decide.py). Rows refused for other reasons (proxy
+authentication, a tripwire, a bad header, ...) or without a workspace are skipped:
+caps.yaml did not decide them.
 
 Identical requests are decided once (a cache keyed by the six inputs), so a log of
 repeated traffic re-decides at the speed of a dict lookup.
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from capgate.caps import CapsConfig
+from capgate.caps.decide import decide, decide_tunnel
+from capgate.caps.http import Destination
 
 from .store import ControlStore
 
@@ -98,39 +101,20 @@ class Diff:
 
 
 def _verdict(config: CapsConfig, role: str, request: Request) -> tuple[Outcome, str | None]:
-    """The candidate's verdict on one request: (outcome, reason).
-
-    Mirrors the proxy's checks in order (addon/hooks.py): a CONNECT tunnel opens when a
-    capability of the role could match its host and port; a request matches the first
-    capability of the role, plain http is refused when the match (or an https twin)
-    does not allow it, and a miss follows `unmatched`.
-    """
-    matcher = config.matcher(role)
-    scheme, host, port, method, path = (
-        request.scheme,
-        request.host,
-        request.port,
-        request.method,
-        request.path,
-    )
-    if method == "CONNECT":
-        if config.unmatched != "deny" or (
-            matcher.could_match("https", host, port) or matcher.could_match("http", host, port)
-        ):
-            return Outcome("allow", None), None
-        return Outcome("deny", None), "no_capability"
-    capability = matcher.match(scheme, host, port, method, path)
-    if capability is None:
-        if scheme == "http":
-            twin = 443 if port == 80 else port
-            if matcher.match("https", host, twin, method, path) is not None:
-                return Outcome("deny", None), "plaintext"
-        if config.unmatched == "deny":
-            return Outcome("deny", None), "no_capability"
-        return Outcome("allow", None), "unmatched"
-    if scheme == "http" and not capability.allow_plaintext:
-        return Outcome("deny", None), "plaintext"
-    return Outcome("allow", capability.name), None
+    """The candidate's verdict on one request, by the proxy's own verdict functions
+    (caps/decide.py): a CONNECT row is a tunnel refused at connect time (`decide_tunnel`),
+    anything else a request (`decide`). Returns (outcome, reason)."""
+    dest = Destination(request.scheme, request.host, request.port)
+    if request.method == "CONNECT":
+        refusal = decide_tunnel(config, role, dest)
+        if refusal is not None:
+            return Outcome("deny", None), refusal
+        return Outcome("allow", None), None
+    verdict = decide(config, role, dest, request.method, request.path)
+    if verdict.deny is not None:
+        return Outcome("deny", None), verdict.deny
+    name = verdict.capability.name if verdict.capability is not None else None
+    return Outcome("allow", name), verdict.reason
 
 
 def recorded_rows(store: ControlStore, org_id: str, since: float | None) -> Iterator[tuple]:

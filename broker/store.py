@@ -217,7 +217,78 @@ def _v3_workspace_leases(db: sqlite_utils.Database) -> None:
         workspaces.add_column("expires_at", str)
 
 
-def _v4_hash_chains(db: sqlite_utils.Database) -> None:
+def _v4_control_plane(db: sqlite_utils.Database) -> None:
+    """The control plane (`capgate serve`): users' emails, API keys, console sign-in links
+    and sessions, hosted OAuth consent states. Tokens are stored as SHA-256 only."""
+    if "email" not in db.table("users").columns_dict:
+        db.table("users").add_column("email", str)
+    db.table("api_keys").create(
+        {
+            "id": str,
+            "org_id": str,
+            "user_id": str,
+            "name": str,
+            "prefix": str,
+            "sha256": str,
+            "created_at": str,
+            "expires_at": str,
+            "last_used_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "user_id", "prefix", "sha256", "created_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+        if_not_exists=True,
+    )
+    db.table("api_keys").create_index(["prefix"], if_not_exists=True)
+    db.table("console_links").create(
+        {
+            "sha256": str,
+            "org_id": str,
+            "user_id": str,
+            "created_at": str,
+            "expires_at": str,
+            "used_at": str,
+        },
+        pk="sha256",
+        not_null={"org_id", "user_id", "created_at", "expires_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+        if_not_exists=True,
+    )
+    db.table("console_sessions").create(
+        {
+            "sha256": str,
+            "org_id": str,
+            "user_id": str,
+            "created_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+        },
+        pk="sha256",
+        not_null={"org_id", "user_id", "created_at", "expires_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+        if_not_exists=True,
+    )
+    db.table("oauth_states").create(
+        {
+            "sha256": str,
+            "org_id": str,
+            "credential_id": str,
+            "user_id": str,
+            "redirect_uri": str,
+            "verifier_ref": str,  # the PKCE verifier lives in the vault
+            "return_to": str,
+            "created_at": str,
+            "expires_at": str,
+            "used_at": str,
+        },
+        pk="sha256",
+        not_null={"org_id", "credential_id", "user_id", "redirect_uri", "expires_at"},
+        if_not_exists=True,
+    )
+
+
+def _v5_hash_chains(db: sqlite_utils.Database) -> None:
     """`seq` and `chain` on decisions and audit events, and each chain's head (chain.py).
 
     Rows written before this migration keep NULL seq: they are outside the chain. The
@@ -267,7 +338,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v1_core,
     _v2_decisions_and_changes,
     _v3_workspace_leases,
-    _v4_hash_chains,
+    _v4_control_plane,
+    _v5_hash_chains,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -306,6 +378,10 @@ _ORG_TABLES = (
     "agent_tokens",
     "audit_events",
     "policy_decisions",
+    "api_keys",
+    "console_links",
+    "console_sessions",
+    "oauth_states",
 )
 
 

@@ -53,7 +53,13 @@ def _row_line(stored: StoredDecision) -> str:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.option("--follow", is_flag=True, help="Keep printing new decisions.")
 @click.option("--workspace", "workspace_id", default=None)
-@click.option("--limit", default=50, show_default=True, help="How many recent rows.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many recent rows (0: none; with --follow, only new ones).",
+)
 @click.option("--all-orgs", is_flag=True, help="Every org, and requests without a token.")
 @click.pass_context
 def decisions_group(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None:
@@ -64,7 +70,11 @@ def decisions_group(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None
     # A read: an org never created has no rows (and is not created here).
     org_id = None if all_orgs else (stores.control.find_org_id(ctx.obj.org) or ABSENT_ORG)
     rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=limit)
-    last = rows[-1].id if rows else 0
+    if rows:
+        last = rows[-1].id
+    else:  # --limit 0 (or nothing yet): follow from the newest row, not from the start
+        newest = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=1)
+        last = newest[-1].id if newest else 0
     _print_rows(rows, as_json)
     while follow:
         try:
