@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,11 @@ class ChainResult:
 
 
 def verify(
-    rows: Iterable[Mapping[str, Any]], *, head: Head | None = None, anchored: bool = True
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    head: Head | None = None,
+    anchored: bool = True,
+    seq_exists: Callable[[int], bool] | None = None,
 ) -> ChainResult:
     """Recompute one chain over `rows` in storage (or file) order.
 
@@ -77,12 +81,16 @@ def verify(
     it on. `head`: the chain's recorded last link, to detect rows removed from the end.
     Stops at the first problem: a seq out of place is `reordered` when that seq appears
     elsewhere in the rows and `removed` when it does not; a hash mismatch is `changed`.
+    `seq_exists` answers "is this seq anywhere in the chain?" (the store asks SQLite, so
+    its rows can stream); without it the rows are held in memory to answer it.
     """
-    listed = list(rows)
-    seqs = {row.get("seq") for row in listed}
+    if seq_exists is None:
+        listed = list(rows)
+        seqs = {row.get("seq") for row in listed}
+        rows, seq_exists = listed, seqs.__contains__
     previous, expected, checked = GENESIS, 1, 0
     first_seq: int | None = None
-    for index, row in enumerate(listed):
+    for index, row in enumerate(rows):
         seq = row.get("seq")
         if index == 0 and not anchored:
             if not isinstance(seq, int) or not isinstance(row.get("chain"), str):
@@ -93,7 +101,7 @@ def verify(
         if first_seq is None:
             first_seq = expected
         if seq != expected:
-            kind = "reordered" if expected in seqs else "removed"
+            kind = "reordered" if seq_exists(expected) else "removed"
             return ChainResult(checked, ChainProblem(expected, kind), first_seq)
         if link(previous, row) != row.get("chain"):
             return ChainResult(checked, ChainProblem(expected, "changed"), first_seq)

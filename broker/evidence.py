@@ -8,7 +8,8 @@ removed from the end.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,24 +32,41 @@ class ChainReport:
         return self.result.problem is None
 
 
-def decision_rows(store: ControlStore, org_key: str, *, since: float | None = None) -> list[dict]:
+def _org_filter(org_key: str) -> tuple[str, tuple]:
+    if org_key == chain.NO_ORG:
+        return "org_id IS NULL", ()
+    return "org_id = ?", (org_key,)
+
+
+def _stream(store: ControlStore, sql: str, params: tuple) -> Iterator[sqlite3.Row]:
+    """Rows of one query, fetched in pages (a chain may hold millions of rows)."""
+    with store.read() as conn:
+        cursor = conn.execute(sql, params)
+        while page := cursor.fetchmany(2_000):
+            yield from page
+
+
+def decision_rows(
+    store: ControlStore, org_key: str, *, since: float | None = None
+) -> Iterator[dict]:
     """The chained decision rows of one org ("" = no org), oldest first, as dicts."""
-    where = "org_id IS NULL" if org_key == chain.NO_ORG else "org_id = ?"
-    params: tuple = () if org_key == chain.NO_ORG else (org_key,)
+    where, params = _org_filter(org_key)
     if since is not None:
         where += " AND at >= ?"
         params += (since,)
-    rows = store.query(
-        f"SELECT * FROM policy_decisions WHERE {where} AND seq IS NOT NULL ORDER BY id", params
-    )
-    return [_stored(r).to_json() for r in rows]
+    sql = f"SELECT * FROM policy_decisions WHERE {where} AND seq IS NOT NULL ORDER BY id"
+    return (_stored(r).to_json() for r in _stream(store, sql, params))
 
 
-def audit_rows(store: ControlStore, org_key: str) -> list[dict]:
-    rows = store.query(
-        "SELECT * FROM audit_events WHERE org_id = ? AND seq IS NOT NULL ORDER BY id", (org_key,)
-    )
-    return [AuditEvent(**dict(r)).to_json() for r in rows]
+def audit_rows(store: ControlStore, org_key: str) -> Iterator[dict]:
+    sql = "SELECT * FROM audit_events WHERE org_id = ? AND seq IS NOT NULL ORDER BY id"
+    return (AuditEvent(**dict(r)).to_json() for r in _stream(store, sql, (org_key,)))
+
+
+def _seq_exists(store: ControlStore, table: str, org_key: str) -> Callable[[int], bool]:
+    where, params = _org_filter(org_key)
+    sql = f"SELECT 1 FROM {table} WHERE {where} AND seq = ? LIMIT 1"
+    return lambda seq: bool(store.query(sql, (*params, seq)))
 
 
 def chain_keys(store: ControlStore, org_id: str | None) -> list[tuple[str, str]]:
@@ -71,21 +89,14 @@ def verify_store(store: ControlStore, org_id: str | None) -> list[ChainReport]:
             "SELECT seq, chain, started_at FROM chain_heads WHERE org_key = ? AND kind = ?",
             (org_key, kind),
         )
+        table = "policy_decisions" if kind == "decisions" else "audit_events"
         rows = decision_rows(store, org_key) if kind == "decisions" else audit_rows(store, org_key)
-        if head_row:
-            head = chain.Head(head_row[0]["seq"], head_row[0]["chain"])
-        elif rows:  # rows but no head: the head row itself was removed
-            head = chain.Head(-1, "")
-        else:
-            head = chain.Head()
-        result = chain.verify(rows, head=head if head.seq >= 0 else None)
-        if head.seq < 0 and result.problem is None:
+        head = chain.Head(head_row[0]["seq"], head_row[0]["chain"]) if head_row else None
+        result = chain.verify(rows, head=head, seq_exists=_seq_exists(store, table, org_key))
+        if head is None and result.rows and result.problem is None:
+            # rows but no head: the head row itself was removed
             result = chain.ChainResult(result.rows, chain.ChainProblem(0, "head_removed"), 1)
-        table, col = (
-            ("policy_decisions", "org_id") if kind == "decisions" else ("audit_events", "org_id")
-        )
-        cond = f"{col} IS NULL" if org_key == chain.NO_ORG else f"{col} = ?"
-        params: tuple = () if org_key == chain.NO_ORG else (org_key,)
+        cond, params = _org_filter(org_key)
         unchained = store.query(
             f"SELECT count(*) AS n FROM {table} WHERE {cond} AND seq IS NULL", params
         )[0]["n"]
