@@ -65,6 +65,7 @@ class ChainResult:
     rows: int
     problem: ChainProblem | None = None
     first_seq: int | None = None  # where the rows checked start (1 for a whole chain)
+    last: Head | None = None  # the last link verified: worth keeping outside the store
 
 
 def verify(
@@ -112,4 +113,4 @@ def verify(
         return ChainResult(checked, ChainProblem(head.seq + 1, "changed"), first_seq)
     if head is not None and head.seq > 0 and head.chain != previous:
         return ChainResult(checked, ChainProblem(head.seq, "changed"), first_seq)
-    return ChainResult(checked, None, first_seq)
+    return ChainResult(checked, None, first_seq, Head(expected - 1, previous) if checked else None)

@@ -122,8 +122,9 @@ def _chain_name(stores: Stores | None, report: evidence.ChainReport) -> str:
     default=None,
     help="Verify an export (decisions export, jsonl or ocsf) instead of the store.",
 )
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, every chain's result.")
 @click.pass_context
-def verify_command(ctx, all_orgs, export_file) -> None:
+def verify_command(ctx, all_orgs, export_file, as_json) -> None:
     """Recompute the hash chains; exit 1 naming the first row changed, removed or reordered."""
     stores: Stores | None = None
     if export_file is not None:
@@ -158,15 +159,39 @@ def verify_command(ctx, all_orgs, export_file) -> None:
         if export_file is not None and report.result.first_seq not in (None, 1):
             click.echo(
                 f"note: the {_chain_name(stores, report)} starts at seq "
-                f"{report.result.first_seq - 1} in this file; its link to the row "
-                "before cannot be checked from the file",
+                f"{report.result.first_seq} in this file; its link to seq "
+                f"{report.result.first_seq - 1} cannot be checked from the file",
                 err=True,
             )
     for report in bad:
         click.echo(f"error: {_chain_name(stores, report)}: {report.result.problem}", err=True)
+    if as_json:
+        document = {
+            "verified": not bad,
+            "rows": total,
+            "chains": [_chain_json(stores, report) for report in reports],
+        }
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+    elif not bad:
+        click.echo(f"verified {total} rows")
     if bad:
         raise click.exceptions.Exit(1)
-    click.echo(f"verified {total} rows")
+
+
+def _chain_json(stores: Stores | None, report: evidence.ChainReport) -> dict:
+    """One chain's result; `last_seq`/`last_chain` are the head to keep outside the store."""
+    result = report.result
+    return {
+        "org_id": report.org_key or None,
+        "chain": report.kind,
+        "name": _chain_name(stores, report),
+        "rows": result.rows,
+        "first_seq": result.first_seq,
+        "last_seq": result.last.seq if result.last else None,
+        "last_chain": result.last.chain if result.last else None,
+        "problem": str(result.problem) if result.problem else None,
+        "unchained_rows": report.unchained,
+    }
 
 
 @decisions_group.command("export")

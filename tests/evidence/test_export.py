@@ -93,7 +93,7 @@ def test_an_export_since_a_time_verifies_from_its_first_row(cli, tmp_path):
     result = cli("decisions", "verify", "--file", str(path))
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "verified 10 rows"
-    assert "starts at seq 20" in result.stderr
+    assert "starts at seq 21 in this file; its link to seq 20 cannot be checked" in result.stderr
 
 
 def test_export_all_orgs_includes_requests_without_a_token(cli, tmp_path):
@@ -127,3 +127,27 @@ def test_the_decisions_listing_still_works_and_shows_chain_fields(cli):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["seq"] for r in rows] == [29, 30] and all(r["chain"] for r in rows)
+
+
+def test_verify_json_reports_each_chain_and_its_head(cli, tmp_path):
+    result = cli("decisions", "verify", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["verified"] is True and document["rows"] == 30
+    decisions = next(c for c in document["chains"] if c["chain"] == "decisions")
+    assert (decisions["rows"], decisions["first_seq"], decisions["last_seq"]) == (30, 1, 30)
+    exported = [json.loads(line) for line in export(cli, tmp_path).read_text().splitlines()]
+    assert decisions["last_chain"] == exported[-1]["chain"]
+    assert decisions["problem"] is None
+
+
+def test_verify_json_names_the_problem_and_exits_1(cli, tmp_path):
+    path = export(cli, tmp_path)
+    lines = path.read_text().splitlines()
+    lines[2], lines[3] = lines[3], lines[2]
+    path.write_text("\n".join(lines) + "\n")
+    result = cli("decisions", "verify", "--file", str(path), "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["verified"] is False
+    assert document["chains"][0]["problem"] == "row seq 3 was reordered"
