@@ -4,10 +4,12 @@ by `capgate decisions verify` against edits made directly in the SQLite store.""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -22,16 +24,22 @@ from tests.broker.conftest import Cli
 from tests.evidence.conftest import ORG, decision
 
 
-def _write_decisions(root: str, org: str, start: int, count: int) -> None:
+def _write_decisions(root: str, org: str, start: int, count: int, go=None) -> None:
+    """Rows at a steady trickle (so the writer flushes many small batches), audit events
+    in between; `go`: a shared event both processes wait on, so they really overlap."""
     stores = Stores.open(root)
     org_id = stores.control.org_id(org, create=True)
     writer = DecisionWriter(stores.home.control_db)
+    if go is not None:
+        go.wait(60)
     for i in range(start, start + count):
         writer.record(decision(i, org_id))
         if i % 7 == 0:
             writer.record(decision(i, None, None))  # a failed proxy auth: no org
         if i % 50 == 0:
             stores.secrets.set(org_id, f"s-{i}", SecretValue("v"))  # an audit event
+        if i % 20 == 0:
+            time.sleep(0.02)
     writer.close()
     stores.close()
 
@@ -47,9 +55,13 @@ def written_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("written") / "home"
     init_home(root)
     Stores.open(Home(root)).close()
+    Stores.open(Home(root)).control.org_id(ORG, create=True)
     ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_write_decisions, args=(str(root), ORG, 10_000, 600))
+    go = ctx.Event()
+    child = ctx.Process(target=_write_decisions, args=(str(root), ORG, 10_000, 600, go))
     child.start()
+    time.sleep(1.0)  # the child is importing capgate; both then start on `go`
+    go.set()
     _write_decisions(str(root), ORG, 0, 600)
     child.join(120)
     assert child.exitcode == 0
@@ -88,6 +100,17 @@ def test_untouched_log_written_by_two_processes_at_once_verifies(written, cli):
     ]
     conn.close()
     assert seqs == list(range(1, 1201))  # one line, no gap, no repeat, across both writers
+    # and the two processes' batches really interleaved in that one chain
+    conn = db(written)
+    owners = [
+        r[0].split("/")[2].isdigit() and int(r[0].split("/")[2]) >= 10_000
+        for r in conn.execute(
+            "SELECT path FROM policy_decisions WHERE org_id = ? ORDER BY seq", (org_id,)
+        )
+    ]
+    conn.close()
+    switches = sum(1 for a, b in itertools.pairwise(owners) if a != b)
+    assert switches >= 3
     result = cli("decisions", "verify")
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "verified 1224 rows"  # 1200 decisions + 24 audit events
