@@ -140,20 +140,20 @@ class DecisionWriter:
         give_up_at: float | None = None
         try:
             while True:
-                if self._stopping:
-                    if give_up_at is None:
-                        give_up_at = time.monotonic() + CLOSE_RETRY_S
-                    if backoff:
-                        time.sleep(min(backoff, max(0.0, give_up_at - time.monotonic())))
+                if give_up_at is not None:  # closing, and the last drain was refused
+                    time.sleep(min(backoff, max(0.0, give_up_at - time.monotonic())))
                 elif backoff:
                     self._stop.wait(backoff)  # not cut short by new rows: back off
-                else:
+                elif not self._stopping:
                     self._wake.wait(FLUSH_INTERVAL_S)
                     self._wake.clear()
                 conn, ok = self._drain(conn)
                 backoff = 0.0 if ok else min(max(backoff * 2, RETRY_MIN_S), RETRY_MAX_S)
-                if self._stopping and (ok or time.monotonic() >= (give_up_at or 0.0)):
-                    break
+                if self._stopping:
+                    if give_up_at is None:
+                        give_up_at = time.monotonic() + CLOSE_RETRY_S
+                    if ok or time.monotonic() >= give_up_at:
+                        break
         finally:
             lost = self.queue_depth()
             if lost:
