@@ -396,6 +396,12 @@ def test_health_openapi_and_metrics(world: World) -> None:
         assert "/v1/credentials/{credential_id}/oauth/start" in spec["paths"]
         metrics = anon.get("/metrics")
         assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+        for name in (
+            "capgate_requests_total",
+            "capgate_mints_total",
+            "capgate_decision_queue_depth",
+        ):
+            assert f"# TYPE {name.removesuffix('_total')}" in metrics.text  # the same registry
         root = anon.get("/", follow_redirects=False)
         assert root.status_code in (302, 303, 307) and root.headers["location"] == "/credentials"
 
