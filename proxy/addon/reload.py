@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from capgate.broker import metrics
 from capgate.caps import CapsConfig, CapsError, Problem, load_caps
 from capgate.caps.files import MAX_CAPS_BYTES, FileRefused, read_config_text
 
@@ -105,6 +106,7 @@ class CapsWatcher:
             logger.error(
                 "%s: cannot read caps file; keeping the last good configuration", self.path
             )
+            metrics.CAPS_RELOADS.labels("rejected").inc()
             return False
         loop = _running_loop() if self.background else None
         if loop is None:
@@ -153,9 +155,11 @@ class CapsWatcher:
             logger.error("%s: invalid, keeping the last good configuration:", self.path)
             for problem in result.problems:
                 logger.error("  %s", problem)
+            metrics.CAPS_RELOADS.labels("rejected").inc()
             return False
         self.config = result  # one reference swap: a request sees old or new, never a mix
         self.version += 1
+        metrics.CAPS_RELOADS.labels("ok").inc()
         logger.info("%s: reloaded (%d capabilities)", self.path, len(result.capabilities))
         return True
 
