@@ -72,6 +72,16 @@ class Lock(Protocol):
     def release(self) -> None: ...
 
 
+class NoLock:
+    """A `Lock` for values that are not stored (verify before create): always free."""
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
 class DurableValues(Protocol):
     """Blocking access to the durable values behind credentials (implemented by the broker)."""
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.upstream import Upstream
 
-from .clients import Burst, get
+from .clients import Burst, WriteLockHolder, get
 from .conftest import Proxies, assert_no_canary, ca_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -95,3 +95,46 @@ def test_bad_grace_period_is_an_error_line(proxies: Proxies) -> None:
     done = home.run("proxy", "--caps", str(proxies.caps), "--listen", "127.0.0.1:0", check=False)
     assert done.returncode == 1
     assert "error: CAPGATE_SHUTDOWN_GRACE" in done.stderr
+
+
+def test_rows_refused_while_another_process_holds_the_write_lock_are_written_in_order(
+    proxies: Proxies, tls_upstream: Upstream
+) -> None:
+    # given a running proxy, when another process holds control.db's write lock for
+    # several seconds while requests are answered
+    proxy = proxies.start()
+    _, token = proxies.home.workspace("researcher")
+    ca = ca_of(proxies.home)
+    assert get(proxy.url(token), ca, tls_upstream.url("/repos/warm", host="localhost")).is_success
+    with WriteLockHolder(proxies.home.root / "control.db"):
+        for i in range(12):
+            reply = get(proxy.url(token), ca, tls_upstream.url(f"/repos/held{i}", host="localhost"))
+            assert reply.status_code == 200
+        time.sleep(3)  # longer than the writer's own lock wait: batches are refused
+    # then once the lock is released every row is written, in the order answered
+    rows = [r["path"] for r in proxies.home.decisions(at_least=13, wait=30)]
+    held = [p for p in rows if p.startswith("/repos/held")]
+    assert held == [f"/repos/held{i}" for i in range(12)]
+    assert proxy.terminate(timeout=30) == 0
+    assert "cannot write policy decisions" in proxy.output()
+
+
+def test_sigterm_while_the_store_is_locked_still_writes_the_rows_once_it_frees(
+    proxies: Proxies, tls_upstream: Upstream
+) -> None:
+    proxy = proxies.start()
+    _, token = proxies.home.workspace("researcher")
+    ca = ca_of(proxies.home)
+    assert get(proxy.url(token), ca, tls_upstream.url("/repos/warm", host="localhost")).is_success
+    holder = WriteLockHolder(proxies.home.root / "control.db")
+    try:
+        for i in range(3):
+            assert get(proxy.url(token), ca, tls_upstream.url(f"/repos/late{i}", host="localhost"))
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+    finally:
+        holder.release()  # freed within the writer's close() retry window
+    assert proxy.process.wait(timeout=60) == 0
+    paths = [r["path"] for r in proxies.home.decisions()]
+    late = [p for p in paths if p.startswith("/repos/late")]
+    assert late == [f"/repos/late{i}" for i in range(3)]
