@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import resource
+import time
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -28,6 +29,8 @@ PREAUTH_IDLE_S = 10.0
 PREAUTH_ENV = "CAPGATE_PREAUTH_IDLE_TIMEOUT"
 RESERVE_FDS = 128  # descriptors kept free for authenticated agents, upstreams, stores
 SWEEP_EVERY_S = 1.0
+EVICT_BATCH = 16
+LOG_EVERY_S = 10.0
 
 
 def _preauth_idle() -> float:
@@ -61,6 +64,8 @@ class ConnectionGuard:
         self.evicted = 0
         self.refused = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing: set[str] = set()  # cancelled, not yet disconnected
+        self._next_log = 0.0
 
     def limit(self) -> int:
         return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -70,8 +75,11 @@ class ConnectionGuard:
     def client_connected(self, client: Any) -> None:
         loop = asyncio.get_running_loop()
         budget = self.limit() - self.reserve
-        near = len(self.clients) * 2 >= budget // 2 and open_fds(len(self.clients) * 2) >= budget
-        if near and not self._evict_for_room(budget):
+        used = 0
+        if len(self.clients) * 4 >= budget:  # cheap until a quarter of the budget is used
+            # descriptors of connections already being closed are about to be free
+            used = open_fds(len(self.clients) * 2) - len(self._closing)
+        if used >= budget and not self._evict_for_room(used - budget + 1):
             self.refused += 1
             client.error = "capgate: too many connections"
             logger.warning(
@@ -85,6 +93,7 @@ class ConnectionGuard:
             self._sweeper = loop.create_task(self._sweep())
 
     def client_disconnected(self, client: Any) -> None:
+        self._closing.discard(client.id)
         self.clients.pop(client.id, None)
         self.authenticated.discard(client.id)
 
@@ -105,18 +114,21 @@ class ConnectionGuard:
         if flow.response is None or flow.response.status_code != 407:
             self.authenticated.add(flow.client_conn.id)
 
-    def _evict_for_room(self, budget: int) -> bool:
-        """Close the oldest never-authenticated connections; True when there is room."""
+    def _evict_for_room(self, needed: int) -> bool:
+        """Close the oldest never-authenticated connections (at least `needed`, in batches
+        of EVICT_BATCH); True when any was closed."""
         victims = [
             client for cid, (client, _) in self.clients.items() if cid not in self.authenticated
         ]
-        wanted = max(1, len(self.clients) // 20)  # a few at a time, oldest first
+        wanted = max(needed, EVICT_BATCH)
         closed = 0
         for client in victims[:wanted]:
             if self._close(client, "descriptor reserve"):
                 closed += 1
-        if closed:
-            self.evicted += closed
+        self.evicted += closed
+        now = time.monotonic()
+        if closed and now >= self._next_log:
+            self._next_log = now + LOG_EVERY_S
             logger.warning(
                 "descriptor limit near (%d connections): closed %d idle unauthenticated "
                 "connection(s), %d in total",
@@ -136,6 +148,7 @@ class ConnectionGuard:
         if io is None or io.handler is None:
             return False
         io.handler.cancel(f"capgate: {why}")
+        self._closing.add(client.id)
         return True
 
     async def _sweep(self) -> None:
