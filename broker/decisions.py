@@ -122,8 +122,8 @@ class DecisionWriter:
         try:
             with immediate(conn):
                 conn.executemany(_INSERT, [_params(d) for d in batch])
-        except sqlite3.Error as exc:
-            log.error("could not write %d policy decisions: %s", len(batch), exc)
+        except Exception as exc:  # any row, any error: the writer thread must survive
+            log.error("could not write %d policy decisions (%s)", len(batch), type(exc).__name__)
 
 
 _COLUMNS = (

@@ -12,13 +12,15 @@ scrubbing, the policy_decision row).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import weakref
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from mitmproxy.utils import human
 
 from capgate.broker.types import Decision
@@ -32,13 +34,14 @@ from .checks import (
     authority_mismatch,
     connect_destination,
     destination,
+    drop_nominated_headers,
     pin_destination,
     proxy_token,
     request_problem,
 )
-from .flowstate import FlowState, finish, get_state, new_state
+from .flowstate import FlowState, finish, get_state, new_state, printable, record_refusal
 from .reload import CapsWatcher
-from .responses import deny_response, proxy_auth_required, upstream_cause
+from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
 from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
 from .tripwire import tripwire_for
@@ -54,6 +57,51 @@ BUFFER_REQUEST_MAX = 64 * 1024
 # What an upgraded WebSocket flow's messages are checked with: (scrub patterns, tripwire,
 # workspace), kept on the flow.
 WEBSOCKET_GUARD = "capgate.websocket"
+INTERNAL_ERROR = "internal_error"
+FAILED_KEY = "capgate.failed"  # a response hook raised: the answer becomes capgate's 502
+
+
+def fail_closed[F: Callable[..., Any]](hook: F) -> F:
+    """Any exception in a capgate hook denies instead of forwarding.
+
+    mitmproxy logs an addon's exception and lets the flow go on: a body transform that
+    raised (a JSON body nested too deep for `json.loads`) would forward the agent's own
+    values beside the credential. Here the request is answered by capgate (500 before
+    the upstream saw it, 502 after) and its row is written with reason `internal_error`.
+    Only the exception's type is logged: its text could quote request bytes.
+    """
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def run_async(self: CapgateAddon, flow: Any, *args: Any) -> Any:
+            try:
+                return await hook(self, flow, *args)
+            except Exception as exc:
+                self._failed(hook.__name__, flow, exc)
+                return None
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(hook)
+    def run(self: CapgateAddon, flow: Any, *args: Any) -> Any:
+        try:
+            return hook(self, flow, *args)
+        except Exception as exc:
+            self._failed(hook.__name__, flow, exc)
+            return None
+
+    return run  # type: ignore[return-value]
+
+
+def frame_buffered_body(request: http.Request) -> None:
+    """Every forwarded body is framed: a buffered HTTP/2 or HTTP/3 body without a
+    Content-Length gets one (mitmproxy forwards it to an HTTP/1.1 upstream as is)."""
+    headers = request.headers
+    if "content-length" in headers or "transfer-encoding" in headers:
+        return
+    content = request.raw_content
+    if content or request.method.upper() in ("POST", "PUT", "PATCH"):
+        headers["content-length"] = str(len(content or b""))
 
 
 class CapgateAddon:
@@ -137,8 +185,39 @@ class CapgateAddon:
             flow.response = deny_response(status, shown, state.dest, state.method, state.path)
         finish(self.broker, flow, state, None)
 
+    def _failed(self, hook: str, flow: Any, exc: BaseException) -> None:
+        """Deny a flow whose hook raised; never let it go on as it was."""
+        logger.error(
+            "internal error in the %s hook (%s); the flow is refused", hook, type(exc).__name__
+        )
+        try:
+            if not isinstance(flow, http.HTTPFlow):
+                flow.kill()  # a TCP/UDP flow: nothing capgate could check goes through
+                return
+            state = get_state(flow) or new_state(flow)
+            state.decision, state.reason = Decision.DENY, INTERNAL_ERROR
+            if hook == "websocket_message" and flow.websocket is not None:
+                flow.websocket.messages[-1].drop()
+                flow.kill()
+            elif flow.response is not None and hook == "responseheaders":
+                # The body is still to come: buffer it, and `response` answers 502 instead.
+                flow.response.stream = False
+                flow.metadata[FAILED_KEY] = True
+                return
+            elif flow.response is not None and hook == "response":
+                flow.response = internal_error_response(502)
+            elif hook in ("http_connect", "requestheaders", "request"):
+                flow.response = internal_error_response(500)
+            else:
+                flow.kill()
+            finish(self.broker, flow, state, flow.response.status_code if flow.response else None)
+        except Exception:  # the last line of defence must not raise itself
+            logger.error("could not refuse the flow cleanly; killing it")
+            flow.kill()
+
     # -- hooks ----------------------------------------------------------------------------
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
@@ -163,6 +242,7 @@ class CapgateAddon:
         self.tunnels[flow.client_conn] = token  # type: ignore[assignment]
         flow.metadata.pop("capgate", None)  # the tunnel itself is not a request row
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.watcher is None:
             return
@@ -205,6 +285,7 @@ class CapgateAddon:
         problem = request_problem(flow.request)
         if problem is not None:
             return 400, problem
+        drop_nominated_headers(flow.request)
         pin_destination(flow.request, state.dest)
         return None
 
@@ -229,8 +310,15 @@ class CapgateAddon:
 
     def _stream_request(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Stream the body unless it is small enough to check whole before forwarding."""
-        length = flow.request.headers.get("content-length")
+        request = flow.request
+        length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) <= BUFFER_REQUEST_MAX:
+            state.buffered_body = True
+            return
+        if length is None and (request.is_http2 or request.is_http3):
+            # No length and no chunked coding to frame a stream with: an HTTP/1.1 upstream
+            # would read the body's bytes as further requests. Buffer it; `request` frames
+            # it with a Content-Length.
             state.buffered_body = True
             return
         if state.tripwire:
@@ -238,7 +326,10 @@ class CapgateAddon:
             def on_hit(label: str) -> None:
                 state.streamed_hit = label
 
-            flow.request.stream = for_mitmproxy(state.tripwire.stream(on_hit))
+            def on_error() -> None:
+                state.streamed_hit = INTERNAL_ERROR
+
+            flow.request.stream = for_mitmproxy(state.tripwire.stream(on_hit), on_error)
         else:
             flow.request.stream = True
 
@@ -252,9 +343,14 @@ class CapgateAddon:
         state.path = inject.redacted_path(state, flow.request)
         self._deny(flow, state, 403, label, Decision.TRIPWIRE)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         if state is None or flow.response is not None:
+            return
+        if state.streamed_hit == INTERNAL_ERROR:
+            state.decision, state.reason = Decision.DENY, INTERNAL_ERROR
+            flow.kill()
             return
         if state.streamed_hit is not None:
             label = state.streamed_hit
@@ -273,7 +369,10 @@ class CapgateAddon:
                 return self._trip(flow, state, hit)
         if state.body_transforms:
             inject.apply_body(flow, state)
+        if state.buffered_body or state.body_transforms:
+            frame_buffered_body(flow.request)
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         response = flow.response
@@ -301,11 +400,15 @@ class CapgateAddon:
         if not (flow.request.is_http2 or flow.request.is_http3):
             response.headers["transfer-encoding"] = "chunked"
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         response = flow.response
         if state is None or response is None:
             return
+        if flow.metadata.pop(FAILED_KEY, False):
+            flow.response = internal_error_response(502)
+            return finish(self.broker, flow, state, 502)
         if response.status_code == 401 and state.oauth and state.activation is not None:
             for name in state.oauth:
                 self.broker.drop_token(state.activation, name)
@@ -327,6 +430,7 @@ class CapgateAddon:
         if state.scrub or state.tripwire:
             flow.metadata[WEBSOCKET_GUARD] = (tuple(state.scrub), state.tripwire, state.workspace)
 
+    @fail_closed
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         guard = flow.metadata.get(WEBSOCKET_GUARD)
         if guard is None or flow.websocket is None:
@@ -349,6 +453,34 @@ class CapgateAddon:
             if cleaned != message.content:
                 message.content = cleaned
 
+    # -- what is not HTTP -------------------------------------------------------------------
+
+    @fail_closed
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """Inside an intercepted tunnel capgate speaks only HTTP: bytes mitmproxy could not
+        classify as HTTP (a leading blank line is enough) would pass with no policy, no
+        tripwire and no row. Refused, and audited."""
+        self._refuse_stream(flow)
+
+    @fail_closed
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        self._refuse_stream(flow)
+
+    def _refuse_stream(self, flow: tcp.TCPFlow | udp.UDPFlow) -> None:
+        token = self.tunnels.get(flow.client_conn)
+        self.sessions.refresh()
+        workspace = self.sessions.workspace(token) if token else None
+        address = flow.server_conn.address
+        host, port = (str(address[0]), int(address[1])) if address else ("", 0)
+        record_refusal(self.broker, workspace, "https", host, port, "not_http")
+        logger.warning(
+            "a tunnel to %s:%s carried traffic that is not HTTP; refused",
+            printable(host),
+            port,
+        )
+        flow.kill()
+
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         if state is None:

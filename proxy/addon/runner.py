@@ -25,6 +25,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconf
 from .broker_port import BrokerPort
 from .hooks import CapgateAddon
 from .responses import install_error_pages
+from .upstream import UpstreamIdentity
 
 logger = logging.getLogger("capgate.proxy")
 
@@ -126,6 +127,7 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
         core.Core(),
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
+        UpstreamIdentity(),  # before tlsconfig and any address-rewriting addon
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
         *settings.extra_addons,

@@ -9,6 +9,7 @@ Content-Encoding incrementally so that compressed streams can be scrubbed too.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -18,6 +19,8 @@ import brotli
 import zstandard
 
 from capgate.broker.types import LeakPattern
+
+logger = logging.getLogger("capgate.scrub")
 
 
 def marker(label: str) -> bytes:
@@ -204,12 +207,30 @@ def scrubber_for(patterns: tuple[LeakPattern, ...]) -> Scrubber:
     return Scrubber(patterns)
 
 
-def for_mitmproxy(process: Callable[[bytes], bytes]) -> Callable[[bytes], list[bytes]]:
+def for_mitmproxy(
+    process: Callable[[bytes], bytes], on_error: Callable[[], None] | None = None
+) -> Callable[[bytes], list[bytes]]:
     """Adapt a chunk function to mitmproxy's `stream`: an empty chunk on the wire ends a
     chunked body, so "nothing yet" must be an empty list, never b""."""
 
+    broken = False
+
     def stream(chunk: bytes) -> list[bytes]:
-        out = process(chunk)
+        nonlocal broken
+        if broken:
+            return []
+        try:
+            out = process(chunk)
+        except Exception as exc:
+            # Fail closed: a chunk capgate could not check is not passed on, nor anything
+            # after it (the body ends short; the agent sees a truncated answer).
+            broken = True
+            logger.error(
+                "internal error in a body stream (%s); the rest is dropped", type(exc).__name__
+            )
+            if on_error is not None:
+                on_error()
+            return []
         return [out] if out else []
 
     return stream
