@@ -122,8 +122,20 @@ class DecisionWriter:
         try:
             with immediate(conn):
                 conn.executemany(_INSERT, [_params(d) for d in batch])
+            return
         except Exception as exc:  # any row, any error: the writer thread must survive
-            log.error("could not write %d policy decisions (%s)", len(batch), type(exc).__name__)
+            log.error(
+                "could not write %d policy decisions (%s); retrying one by one",
+                len(batch),
+                type(exc).__name__,
+            )
+        for row in batch:  # one bad row costs only itself
+            try:
+                with immediate(conn):
+                    conn.execute(_INSERT, _params(row))
+            except Exception as exc:
+                self._dropped += 1
+                log.error("could not write a policy decision (%s); dropped", type(exc).__name__)
 
 
 _COLUMNS = (

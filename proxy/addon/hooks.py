@@ -20,7 +20,9 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http, tcp, udp
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.utils import human
 
 from capgate.broker.types import Decision
@@ -102,6 +104,14 @@ def frame_buffered_body(request: http.Request) -> None:
     content = request.raw_content
     if content or request.method.upper() in ("POST", "PUT", "PATCH"):
         headers["content-length"] = str(len(content or b""))
+
+
+class RefuseConnection(layer.Layer):
+    """A mitmproxy layer that closes the agent's connection and relays nothing."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
 
 
 class CapgateAddon:
@@ -276,15 +286,15 @@ class CapgateAddon:
         (status, reason) to refuse with, or None with state.workspace and state.dest set."""
         if not self._identify(flow, state):
             return 407, "proxy_auth"
+        problem = request_problem(flow.request)
+        if problem is not None:
+            return 400, problem
         try:
             state.dest = destination(flow.request)
         except ValueError:
             return 403, "bad_destination"
         if authority_mismatch(flow.request, state.dest):
             return 403, "host_mismatch"
-        problem = request_problem(flow.request)
-        if problem is not None:
-            return 400, problem
         drop_nominated_headers(flow.request)
         pin_destination(flow.request, state.dest)
         return None
@@ -455,30 +465,31 @@ class CapgateAddon:
 
     # -- what is not HTTP -------------------------------------------------------------------
 
-    @fail_closed
-    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+    def next_layer(self, nextlayer: NextLayer) -> None:
         """Inside an intercepted tunnel capgate speaks only HTTP: bytes mitmproxy could not
-        classify as HTTP (a leading blank line is enough) would pass with no policy, no
-        tripwire and no row. Refused, and audited."""
-        self._refuse_stream(flow)
+        classify as HTTP (a leading blank line is enough) would be relayed as raw TCP, with
+        no policy, no tripwire and no row. mitmproxy's TCP layer cannot be stopped from a
+        hook once it runs, so the layer itself is replaced: the connection is closed, and
+        the refusal audited."""
+        try:
+            if isinstance(nextlayer.layer, (layers.TCPLayer, layers.UDPLayer)):
+                self._refuse_stream(nextlayer)
+        except Exception as exc:
+            logger.error("internal error in the next_layer hook (%s)", type(exc).__name__)
+            nextlayer.layer = RefuseConnection(nextlayer.context)
 
-    @fail_closed
-    def udp_start(self, flow: udp.UDPFlow) -> None:
-        self._refuse_stream(flow)
-
-    def _refuse_stream(self, flow: tcp.TCPFlow | udp.UDPFlow) -> None:
-        token = self.tunnels.get(flow.client_conn)
+    def _refuse_stream(self, nextlayer: NextLayer) -> None:
+        context = nextlayer.context
+        nextlayer.layer = RefuseConnection(context)
+        token = self.tunnels.get(context.client)
         self.sessions.refresh()
         workspace = self.sessions.workspace(token) if token else None
-        address = flow.server_conn.address
+        address = context.server.address
         host, port = (str(address[0]), int(address[1])) if address else ("", 0)
         record_refusal(self.broker, workspace, "https", host, port, "not_http")
         logger.warning(
-            "a tunnel to %s:%s carried traffic that is not HTTP; refused",
-            printable(host),
-            port,
+            "a tunnel to %s:%s carried traffic that is not HTTP; refused", printable(host), port
         )
-        flow.kill()
 
     @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:

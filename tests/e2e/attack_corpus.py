@@ -350,6 +350,72 @@ ATTACKS: tuple[Attack, ...] = (
         "deny",
         "bad_header",
     ),
+    # -- second pass (issue 11): targets, framing, fail-closed hooks --------------------------
+    Attack(
+        "asterisk_target_for_get",
+        # Only OPTIONS may use `*`; anything else that is not origin-form is refused.
+        lambda c: c.api("*"),
+        400,
+        "deny",
+        "bad_target",
+    ),
+    Attack(
+        "transfer_coding_other_than_chunked",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Transfer-Encoding", "gzip, chunked")],
+            body=b"0\r\n\r\n",
+        ),
+        400,
+        "deny",
+        "bad_framing",
+    ),
+    Attack(
+        "two_transfer_encoding_headers",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+            body=b"0\r\n\r\n",
+        ),
+        400,
+        "deny",
+        "bad_framing",
+    ),
+    Attack(
+        "connection_nominates_a_header_capgate_sets",
+        # An intermediary upstream would drop the nominated X-Tenant that capgate set (and
+        # the agent's own X-Nominated is hop-by-hop: it ends at capgate).
+        lambda c: c.api(
+            "/repos/x",
+            headers=[("Connection", "X-Tenant, x-nominated"), ("X-Nominated", "agent")],
+        ),
+        200,
+        "allow",
+        None,
+        reaches_upstream=True,
+        upstream_never_sees=NOTHING_BUT_INJECTED,
+        checks=(
+            _upstream_saw_exactly("X-Tenant", [TENANT_SECRET]),
+            _upstream_saw_exactly("X-Nominated", []),
+            _upstream_saw_exactly("Connection", ["close"]),
+        ),
+    ),
+    Attack(
+        "deeply_nested_json_body_fails_closed",
+        # json.loads raises RecursionError: every body transform would be skipped and the
+        # agent's own /metadata/tenant forwarded. Any hook exception denies instead.
+        lambda c: c.api(
+            "/body",
+            method="POST",
+            headers=[("Content-Type", "application/json")],
+            body=b'{"metadata": {"tenant": "agent-own"}, "x": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        ),
+        500,
+        "deny",
+        "internal_error",
+    ),
     # -- normalisation: other spellings of the same destination are that destination --------
     Attack(
         "upper_case_and_trailing_dot",

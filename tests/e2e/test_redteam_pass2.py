@@ -1,0 +1,257 @@
+"""The second red-team pass (issue 11), cases that need more than one raw HTTP/1.1
+request: the upstream's TLS identity, HTTP/2 shapes (the `h2` library), a real nginx
+with two virtual hosts, non-HTTP bytes in a tunnel, and faults inside capgate's hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capgate.proxy.addon import inject
+
+from .certs import TestPki, issue_server_cert
+from .clients import via_tunnel
+from .conftest import CANARIES, GITHUB_TOKEN, TENANT_SECRET, World
+from .h2_client import h2_via_tunnel
+from .nginx_vhosts import Nginx, nginx_binary, start_nginx
+from .raw_upstream import RawUpstream, header_of, start_raw_upstream
+from .test_redteam import RAW_CAPS, Tunnel
+
+pytestmark = pytest.mark.e2e
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def _no_canary(data: bytes | str) -> None:
+    text = data if isinstance(data, str) else data.decode("latin-1")
+    for canary in CANARIES:
+        assert canary not in text
+
+
+def _rows_after(world: World, before: int, wait: float = 3.0) -> list:
+    decisions = world.broker.decisions
+    deadline = time.monotonic() + wait
+    while len(decisions) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return decisions[before:]
+
+
+@pytest.fixture
+def raw_upstream(pki: TestPki) -> Iterator[RawUpstream]:
+    upstream = start_raw_upstream(str(pki.server_cert_pem), str(pki.server_key_pem))
+    upstream.respond = lambda raw: OK
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def raw_proxy(start_proxy, memory_world: World, raw_upstream: RawUpstream):
+    return start_proxy(RAW_CAPS.format(port=raw_upstream.port), memory_world.broker)
+
+
+# -- class 1: the upstream is the host that matched -----------------------------------------
+
+
+def test_upstream_sni_is_the_matched_host_not_the_agents(raw_proxy, memory_world, raw_upstream):
+    """CONNECT api.test with a ClientHello naming other.test: the upstream is asked for
+    api.test (an SNI router would otherwise hand the credential to other.test)."""
+    reply = via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        path="/repos/x",
+        sni="other.test",
+        ca=str(raw_proxy.ca),
+    )
+    assert reply.status == 200
+    assert raw_upstream.snis == ["api.test"]
+    assert header_of(raw_upstream.requests[-1], "Authorization") == f"Bearer {GITHUB_TOKEN}"
+
+
+def test_upstream_certificate_is_verified_against_the_matched_host(
+    start_proxy, memory_world, pki: TestPki, tmp_path: Path
+):
+    """An upstream whose certificate is valid for evil.test only, reached as api.test with
+    the agent's SNI evil.test: verification is against api.test, so it fails (502) and
+    the credential is never sent."""
+    cert, key = issue_server_cert(pki, tmp_path / "evil", ("evil.test",))
+    evil = start_raw_upstream(str(cert), str(key))
+    evil.respond = lambda raw: OK
+    try:
+        running = start_proxy(RAW_CAPS.format(port=evil.port), memory_world.broker)
+        reply = via_tunnel(
+            running.port,
+            memory_world.token,
+            f"api.test:{evil.port}",
+            path="/repos/x",
+            sni="evil.test",
+            ca=str(running.ca),
+        )
+    finally:
+        evil.stop()
+    assert reply.status == 502
+    assert evil.requests == []
+    _no_canary(reply.body)
+
+
+@pytest.fixture
+def nginx(pki: TestPki, tmp_path: Path) -> Iterator[Nginx]:
+    if nginx_binary() is None:
+        pytest.fail("nginx is not installed: `make test` installs nginx-light")
+    server = start_nginx(tmp_path / "nginx", pki.server_cert_pem, pki.server_key_pem)
+    yield server
+    server.stop()
+
+
+NGINX_CAPS = """\
+version: 1
+capabilities:
+  - name: api
+    match: {{hosts: ["api.test:{port}"], paths: ["/**"]}}
+    transforms:
+      - auth: {{credential: github, provider: github_pat}}
+roles:
+  researcher:
+    capabilities: [api]
+"""
+
+
+def _h2_get(running, world: World, port: int, path: bytes) -> object:
+    return h2_via_tunnel(
+        running.port,
+        world.token,
+        f"api.test:{port}",
+        ca=str(running.ca),
+        headers=[
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", f"api.test:{port}".encode()),
+            (b":path", path),
+        ],
+    )
+
+
+def test_http2_absolute_form_path_never_reaches_another_virtual_host(
+    start_proxy, memory_world, nginx: Nginx
+):
+    """An HTTP/2 `:path` of `https://other.test/...` inside a tunnel to api.test would be
+    the HTTP/1.1 request line, and nginx routes by it: refused (400 bad_target), and
+    neither virtual host sees the credential."""
+    running = start_proxy(NGINX_CAPS.format(port=nginx.port), memory_world.broker)
+    # control: origin form reaches the api vhost with the credential
+    ok = _h2_get(running, memory_world, nginx.port, b"/x")
+    assert ok.status == 200 and ok.body == b"vhost api\n"  # type: ignore[attr-defined]
+    assert GITHUB_TOKEN in nginx.log("api")
+    before = len(memory_world.broker.decisions)
+    for target in (f"https://other.test:{nginx.port}/x", "other.test/x", "*"):
+        reply = _h2_get(running, memory_world, nginx.port, target.encode())
+        assert reply.status == 400, target  # type: ignore[attr-defined]
+        assert json.loads(reply.body)["reason"] == "bad_target"  # type: ignore[attr-defined]
+    assert nginx.log("other") == ""
+    assert nginx.log("api").count("\n") == 1
+    rows = _rows_after(memory_world, before)
+    assert [r.reason for r in rows] == ["bad_target"] * 3
+
+
+# -- class 2: framing ----------------------------------------------------------------------
+
+
+def test_http2_body_without_length_is_framed_for_an_http1_upstream(
+    raw_proxy, memory_world, raw_upstream
+):
+    """An HTTP/2 body without content-length goes to an HTTP/1.1 upstream with one: the
+    bytes of a second request inside it stay body, never a request capgate did not see."""
+    smuggled = (
+        f"GET /admin HTTP/1.1\r\nHost: api.test:{raw_upstream.port}\r\nX-Smuggled: 1\r\n\r\n"
+    ).encode()
+    reply = h2_via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        ca=str(raw_proxy.ca),
+        headers=[
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", f"api.test:{raw_upstream.port}".encode()),
+            (b":path", b"/repos/x"),
+        ],
+        body=smuggled,
+        chunks=3,
+    )
+    assert reply.status == 200
+    raw = raw_upstream.requests[-1]
+    assert header_of(raw, "Content-Length") == str(len(smuggled))
+    assert raw.endswith(smuggled)
+
+
+def test_non_http_bytes_in_a_tunnel_are_refused_and_audited(raw_proxy, memory_world, raw_upstream):
+    """A leading blank line makes mitmproxy see raw TCP, which would skip policy, the
+    tripwire and the row: refused, one row with reason not_http, nothing upstream."""
+    before = len(memory_world.broker.decisions)
+    target = f"api.test:{raw_upstream.port}"
+    tunnel = Tunnel(raw_proxy.port, memory_world.token, target, raw_proxy.ca, "api.test")
+    try:
+        head = f"GET /repos/x HTTP/1.1\r\nHost: {target}\r\nX-Leak: {TENANT_SECRET}\r\n\r\n"
+        tunnel.conn.sendall(b"\r\n" + head.encode())
+        tunnel.conn.settimeout(2)
+        try:
+            received = tunnel.conn.recv(65536)
+        except (TimeoutError, OSError):
+            received = b""
+    finally:
+        tunnel.close()
+    time.sleep(0.3)
+    assert raw_upstream.requests == []
+    _no_canary(received)
+    rows = _rows_after(memory_world, before)
+    assert [(r.decision, r.reason) for r in rows] == [("deny", "not_http")]
+    assert rows[0].workspace_id is not None
+
+
+# -- class 3: hooks fail closed ------------------------------------------------------------
+
+
+def test_raw_bytes_in_an_http2_path_are_recorded_printable(raw_proxy, memory_world, raw_upstream):
+    """A raw 0xFF and a terminal escape in `:path` reach the row (and the log) percent-
+    encoded: nothing a terminal would act on, nothing a store cannot encode."""
+    before = len(memory_world.broker.decisions)
+    reply = _h2_get(raw_proxy, memory_world, raw_upstream.port, b"/repos/\xff\x1b[2J")
+    assert reply.status in (200, 400)  # type: ignore[attr-defined]
+    rows = _rows_after(memory_world, before)
+    assert len(rows) == 1
+    assert rows[0].path == "/repos/%FF%1B[2J"
+
+
+def test_an_exception_in_a_response_hook_answers_502_and_writes_a_row(
+    raw_proxy, memory_world, raw_upstream, monkeypatch
+):
+    """Fault injection: scrubbing raises. The agent gets capgate's 502 JSON, never the
+    upstream's unscrubbed body, and the row says internal_error."""
+    raw_upstream.respond = lambda raw: (
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % len(header_of(raw, "Authorization"))
+        + header_of(raw, "Authorization").encode()
+    )
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("injected fault " + GITHUB_TOKEN)
+
+    monkeypatch.setattr(inject, "scrub_buffered", broken)
+    before = len(memory_world.broker.decisions)
+    reply = via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        path="/repos/x",
+        ca=str(raw_proxy.ca),
+    )
+    assert reply.status == 502
+    assert reply.json()["reason"] == "internal_error"
+    _no_canary(reply.body)
+    rows = _rows_after(memory_world, before)
+    assert [(r.decision, r.reason) for r in rows] == [("deny", "internal_error")]
