@@ -100,6 +100,12 @@ async def apply_head(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState) 
     state.view = request_view(
         request, state.dest, state.path, with_maps=capability.reads_request_maps
     )
+    # Before any transform and whatever a mint's outcome: no agent value in any header or
+    # parameter an `auth` provider reads credentials from goes upstream (the slots a
+    # `header` transform fills later are the operator's).
+    for transform in capability.transforms:
+        if isinstance(transform, AuthTransform):
+            clear_slots(request, *auth_slots(transform.provider))
     for transform in capability.transforms:
         if isinstance(transform, BodyTransform):
             state.body_transforms.append(transform)
@@ -122,9 +128,6 @@ async def _apply_auth(
     broker: BrokerPort, request: http.Request, state: FlowState, transform: AuthTransform
 ) -> None:
     assert state.activation is not None
-    headers, query = auth_slots(transform.provider)
-    # Before minting and whatever its outcome: the agent's own value never goes upstream.
-    clear_slots(request, headers, query)
     stored = state.activation.credentials.get(transform.credential)
     if stored is not None and stored.provider != transform.provider:
         # caps check warns about this; at request time a credential is only ever stamped

@@ -530,7 +530,8 @@ roles:
 
 def test_agent_query_key_is_replaced_in_every_spelling(start_proxy, memory_world, tls_upstream):
     """`key` sent by the agent (also percent-encoded or after `;`) never reaches the
-    upstream; the stamped key is the only `key`. `KEY` is another parameter name."""
+    upstream; the stamped key is the only `key`, and the operator's `cx` the only `cx`.
+    `KEY` is another parameter name."""
     memory_world.broker.add_credential(
         "search", "google_search", SEARCH_KEY, config={"cx": "engine-1"}
     )
@@ -554,7 +555,8 @@ def test_agent_query_key_is_replaced_in_every_spelling(start_proxy, memory_world
     assert [v for k, v in pairs if k == "key"] == [SEARCH_KEY]
     # a `;` inside a value is encoded, so no `;`-splitting upstream sees a second `key`
     assert ";key=" not in sent
-    assert [v for k, v in pairs if k == "cx"] == ["mine"]  # companion only when absent
+    # cx comes from provider_config: the operator pinned it, so it replaces the agent's
+    assert [v for k, v in pairs if k == "cx"] == ["engine-1"]
     _no_canary(reply.body)
     assert SEARCH_KEY not in reply.body.decode()
 

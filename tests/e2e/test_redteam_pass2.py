@@ -255,3 +255,101 @@ def test_an_exception_in_a_response_hook_answers_502_and_writes_a_row(
     _no_canary(reply.body)
     rows = _rows_after(memory_world, before)
     assert [(r.decision, r.reason) for r in rows] == [("deny", "internal_error")]
+
+
+# -- class 7: operator-pinned values win -----------------------------------------------------
+
+ANTHROPIC_KEY = "sk-ant-CANARYanthropic-0123456789abcdef"
+OPENAI_KEY = "sk-CANARYopenai-0123456789abcdefghij"
+GRAFANA_KEY = "glsa_CANARYgrafana-0123456789abcdef"
+PINNED_CAPS = """\
+version: 1
+capabilities:
+  - name: anthropic
+    match: {{hosts: ["api.test:{port}"], paths: ["/v1/messages"]}}
+    transforms:
+      - auth: {{credential: anthropic, provider: anthropic}}
+  - name: openai
+    match: {{hosts: ["api.test:{port}"], paths: ["/v1/chat/**"]}}
+    transforms:
+      - auth: {{credential: openai, provider: openai}}
+  - name: grafana
+    match: {{hosts: ["api.test:{port}"], paths: ["/api/**"]}}
+    transforms:
+      - auth: {{credential: grafana, provider: grafana}}
+roles:
+  researcher:
+    capabilities: [anthropic, openai, grafana]
+"""
+
+
+@pytest.fixture
+def pinned_proxy(start_proxy, memory_world: World, tls_upstream):
+    broker = memory_world.broker
+    broker.add_credential("anthropic", "anthropic", ANTHROPIC_KEY)
+    broker.add_credential(
+        "openai", "openai", OPENAI_KEY, config={"organization": "org-op", "project": "proj-op"}
+    )
+    broker.add_credential("grafana", "grafana", GRAFANA_KEY, config={"org_id": "7"})
+    return start_proxy(PINNED_CAPS.format(port=tls_upstream.port), broker)
+
+
+def _send(running, world: World, upstream, path: str, headers: list[tuple[str, str]]):
+    reply = via_tunnel(
+        running.port,
+        world.token,
+        f"api.test:{upstream.port}",
+        path=path,
+        headers=headers,
+        ca=str(running.ca),
+    )
+    assert reply.status == 200, reply.body[:200]
+    for value in (ANTHROPIC_KEY, OPENAI_KEY, GRAFANA_KEY):
+        assert value not in reply.body.decode("latin-1")
+    return upstream.log.items[-1]
+
+
+def test_auth_removes_every_header_the_provider_reads_a_credential_from(
+    pinned_proxy, memory_world, tls_upstream
+):
+    """The anthropic SDK sends `Authorization: Bearer <dummy>` beside `x-api-key`: only
+    capgate's x-api-key reaches the upstream, no Authorization at all."""
+    seen = _send(
+        pinned_proxy,
+        memory_world,
+        tls_upstream,
+        "/v1/messages",
+        [("Authorization", "Bearer sk-ant-dummy"), ("X-Api-Key", "agent-own")],
+    )
+    assert seen.header("x-api-key") == [ANTHROPIC_KEY]
+    assert seen.header("Authorization") == []
+    assert seen.header("anthropic-version") == ["2023-06-01"]
+
+
+def test_an_agent_may_choose_a_default_companion_but_not_a_pinned_one(
+    pinned_proxy, memory_world, tls_upstream
+):
+    """anthropic-version is the provider's default (the agent's own wins); OpenAI's
+    organization and project were set by the operator (theirs replace the agent's)."""
+    seen = _send(
+        pinned_proxy,
+        memory_world,
+        tls_upstream,
+        "/v1/messages",
+        [("anthropic-version", "2025-01-01")],
+    )
+    assert seen.header("anthropic-version") == ["2025-01-01"]
+    seen = _send(
+        pinned_proxy,
+        memory_world,
+        tls_upstream,
+        "/v1/chat/completions",
+        [("OpenAI-Organization", "org-agent"), ("openai-project", "proj-agent")],
+    )
+    assert seen.header("OpenAI-Organization") == ["org-op"]
+    assert seen.header("OpenAI-Project") == ["proj-op"]
+    assert seen.header("Authorization") == [f"Bearer {OPENAI_KEY}"]
+    seen = _send(
+        pinned_proxy, memory_world, tls_upstream, "/api/dashboards", [("X-Grafana-Org-Id", "1")]
+    )
+    assert seen.header("X-Grafana-Org-Id") == ["7"]
