@@ -45,6 +45,7 @@ class FlowState:
     buffered_body: bool = False
     tripwire: Tripwire | None = None  # for the body, when the activation has values
     streamed_hit: str | None = None  # tripwire label found in a streamed body
+    refuse: bool = False  # the response cannot be scrubbed: `response` answers 502
     recorded: bool = False
 
 

@@ -44,7 +44,7 @@ from .checks import (
 from .flowstate import FlowState, finish, get_state, new_state, printable, record_refusal
 from .reload import CapsWatcher
 from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
-from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
+from .scrub import activation_scrub, can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
 from .tripwire import tripwire_for
 
@@ -93,6 +93,17 @@ def fail_closed[F: Callable[..., Any]](hook: F) -> F:
             return None
 
     return run  # type: ignore[return-value]
+
+
+# Stripped from requests whose responses are scrubbed: a Range request could reassemble a
+# value from partial answers that each stop short of it (judgement: strip rather than
+# refuse, so downloads keep working; the upstream answers 200 with the whole body).
+RANGE_HEADERS = ("Range", "If-Range")
+
+
+def _unscrubbable_framing(response: http.Response) -> bool:
+    codings = response.headers.get_all("transfer-encoding")
+    return bool(codings) and [c.strip().lower() for c in codings] != ["chunked"]
 
 
 def frame_buffered_body(request: http.Request) -> None:
@@ -264,6 +275,11 @@ class CapgateAddon:
         self.watcher.poll()
         config, version = self.watcher.config, self.watcher.version
         state.activation = self.sessions.activation(state.workspace, config, version)
+        # Every value the workspace can use is scrubbed from every response of it: a value
+        # stored upstream through one capability can be read back through another.
+        state.scrub = list(activation_scrub(state.activation.leak_patterns))
+        if state.scrub:
+            drop_headers(flow.request.headers, RANGE_HEADERS)
         label = self._leak_in_head(flow, state)
         if label is not None:
             return self._trip(flow, state, label)
@@ -278,6 +294,8 @@ class CapgateAddon:
             if refusal is not None:
                 return self._deny(flow, state, *refusal)
         await inject.apply_head(self.broker, flow, state)
+        if state.scrub:
+            drop_headers(flow.request.headers, RANGE_HEADERS)
         if not verdict.capability.needs_body:
             self._stream_request(flow, state)
 
@@ -393,9 +411,20 @@ class CapgateAddon:
             return
         scrubber = scrubber_for(tuple(state.scrub))
         inject.scrub_headers(response.headers, scrubber)
+        if response.reason:  # the status line's reason phrase is no header, but echoes too
+            reason = scrubber.scrub_text(response.reason)
+            if reason != response.reason:
+                response.reason = reason
         status = response.status_code
         if status < 200 or status in (204, 304):
             return  # no body to frame; after a 101 `response` decides what may follow
+        if status == 206 or _unscrubbable_framing(response):
+            # A partial answer (capgate strips Range, so none was asked for) could hand
+            # out a value piece by piece; a transfer coding other than chunked (`gzip,
+            # chunked`) hides the body from the scrubber. Buffered, then refused.
+            state.refuse = True
+            response.stream = False
+            return
         content_type = response.headers.get("content-type", "").lower()
         length = response.headers.get("content-length")
         small = length is not None and length.isdigit() and int(length) <= BUFFER_RESPONSE_MAX
@@ -422,7 +451,9 @@ class CapgateAddon:
         if response.status_code == 401 and state.oauth and state.activation is not None:
             for name in state.oauth:
                 self.broker.drop_token(state.activation, name)
-        if response.status_code == 101:
+        if state.refuse:
+            inject.refuse_unscrubbable(response)
+        elif response.status_code == 101:
             self._upgrade(flow, response, state)
         elif state.scrub and not response.stream:
             inject.scrub_buffered(response, scrubber_for(tuple(state.scrub)))

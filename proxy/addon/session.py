@@ -15,7 +15,7 @@ from capgate.broker.types import Activation, Workspace
 from capgate.caps import CapsConfig
 
 from .broker_port import BrokerPort
-from .scrub import scrubber_for
+from .scrub import activation_scrub, scrubber_for
 from .tripwire import tripwire_for
 
 MAX_CACHED = 10_000
@@ -37,6 +37,7 @@ class Sessions:
             self._activations.clear()
             # Compiled patterns hold values too: a deleted one must not linger in memory.
             scrubber_for.cache_clear()
+            activation_scrub.cache_clear()
             tripwire_for.cache_clear()
 
     def workspace(self, token: str) -> Workspace | None:

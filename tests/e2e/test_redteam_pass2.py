@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from capgate.proxy.addon import inject
+from tests.proxy.test_scrub_forms import ENCODERS
 
 from .certs import TestPki, issue_server_cert
 from .clients import via_tunnel
@@ -353,3 +356,108 @@ def test_an_agent_may_choose_a_default_companion_but_not_a_pinned_one(
         pinned_proxy, memory_world, tls_upstream, "/api/dashboards", [("X-Grafana-Org-Id", "1")]
     )
     assert seen.header("X-Grafana-Org-Id") == ["7"]
+
+
+# -- class 4: every echo path ----------------------------------------------------------------
+
+ECHO_CAPS = """\
+version: 1
+capabilities:
+  - name: store
+    match: {{hosts: ["api.test:{port}"], paths: ["/store"]}}
+    transforms:
+      - header: {{name: X-Tenant, action: set, value: 'secrets["tenant-id"]'}}
+  - name: read
+    match: {{hosts: ["api.test:{port}"], paths: ["/read/**"]}}
+  - name: github
+    match: {{hosts: ["other.test:{port}"], paths: ["/**"]}}
+    transforms:
+      - auth: {{credential: github, provider: github_pat}}
+roles:
+  researcher:
+    capabilities: [store, read, github]
+"""
+
+
+@pytest.fixture
+def echo_proxy(start_proxy, memory_world: World, raw_upstream: RawUpstream):
+    return start_proxy(ECHO_CAPS.format(port=raw_upstream.port), memory_world.broker)
+
+
+def _serve_body(upstream: RawUpstream, body: bytes, chunked: bool = False) -> None:
+    if chunked:
+        pieces = [body[i : i + 5] for i in range(0, len(body), 5)]
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        upstream.respond = lambda raw: head + framed
+    else:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        upstream.respond = lambda raw: head + body
+
+
+def _read(running, world: World, upstream: RawUpstream, path: str = "/read/x", **kw):
+    return via_tunnel(
+        running.port,
+        world.token,
+        f"api.test:{upstream.port}",
+        path=path,
+        ca=str(running.ca),
+        **kw,
+    )
+
+
+def test_a_value_stored_through_one_capability_is_scrubbed_when_read_through_another(
+    echo_proxy, memory_world, raw_upstream
+):
+    """`read` injects nothing, yet its responses are scrubbed of every value the
+    workspace holds: the tenant secret `store` wrote upstream, the GitHub credential."""
+    for value in (TENANT_SECRET, GITHUB_TOKEN):
+        _serve_body(raw_upstream, b'{"stored": "' + value.encode() + b'"}')
+        reply = _read(echo_proxy, memory_world, raw_upstream)
+        assert reply.status == 200
+        _no_canary(reply.body)
+        assert b"[REDACTED:" in reply.body
+
+
+def test_range_is_stripped_from_requests_whose_responses_are_scrubbed(
+    echo_proxy, memory_world, raw_upstream
+):
+    """Partial answers could hand a value out a few bytes at a time, each piece too short
+    to match: Range and If-Range never reach the upstream (it answers 200, whole)."""
+    _serve_body(raw_upstream, b"ok")
+    reply = _read(
+        echo_proxy,
+        memory_world,
+        raw_upstream,
+        headers=[("Range", "bytes=0-3"), ("If-Range", '"etag"')],
+    )
+    assert reply.status == 200
+    assert header_of(raw_upstream.requests[-1], "Range") == ""
+    assert header_of(raw_upstream.requests[-1], "If-Range") == ""
+
+
+ECHO_ENCODERS = ENCODERS
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    encoder=st.sampled_from(sorted(ECHO_ENCODERS)),
+    value=st.sampled_from([TENANT_SECRET, GITHUB_TOKEN, f"Bearer {GITHUB_TOKEN}"]),
+    chunked=st.booleans(),
+    filler=st.text(alphabet='ab\\%u0" /', max_size=20),
+)
+def test_no_echo_form_of_a_held_value_reaches_the_agent(
+    echo_proxy, memory_world, raw_upstream, encoder, value, chunked, filler
+):
+    """Through a real proxy: whichever standard encoding the upstream echoes a held value
+    in, buffered or chunked, the agent never receives the value or that form of it."""
+    encoded = ECHO_ENCODERS[encoder](value).encode()
+    _serve_body(raw_upstream, filler.encode() + encoded + filler.encode(), chunked=chunked)
+    reply = _read(echo_proxy, memory_world, raw_upstream)
+    assert reply.status == 200
+    assert encoded not in reply.body
+    _no_canary(reply.body)
