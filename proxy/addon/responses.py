@@ -37,6 +37,8 @@ DENY_MESSAGES = {
     "not_http": "capgate: traffic inside the tunnel is not HTTP",
     "bad_header": "capgate: a request header value contains a line break",
     "internal_error": "capgate: internal error; the request was refused",
+    "audit_unavailable": "capgate: the decision log cannot be written; refusing requests"
+    " until it can (--audit-fail-closed)",
 }
 
 
