@@ -46,6 +46,7 @@ class FlowState:
     buffered_body: bool = False
     tripwire: Tripwire | None = None  # for the body, when the activation has values
     streamed_hit: str | None = None  # tripwire label found in a streamed body
+    minted: list[LeakPattern] = field(default_factory=list)  # OAuth tokens stamped here
     refuse: bool = False  # the response cannot be scrubbed: `response` answers 502
     recorded: bool = False
 

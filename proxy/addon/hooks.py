@@ -20,13 +20,13 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.utils import human
 
-from capgate.broker.types import Decision
-from capgate.caps import CapsError, decide, decide_tunnel
+from capgate.broker.types import Decision, Workspace
+from capgate.caps import CapsError, Destination, decide, decide_tunnel
 
 from . import inject
 from .apply import drop_headers
@@ -136,6 +136,8 @@ class CapgateAddon:
         self.audit_fail_closed = False
         # Tunnel identity: the token a CONNECT authenticated with, per client connection.
         self.tunnels: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
+        # Client connections whose SNI tripped the tripwire: label, per connection.
+        self.tripped: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         self._poller: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
@@ -260,6 +262,15 @@ class CapgateAddon:
         if workspace is None or self.watcher is None:
             return self._deny(flow, state, 407, "proxy_auth")
         state.workspace = workspace
+        label = self._leak_in_name(workspace, flow.request.host, flow.request.authority)
+        if label is not None:
+            logger.warning(
+                "tripwire: the CONNECT target from workspace %s carries the value of %s; blocked",
+                workspace.id,
+                label,
+            )
+            state.dest = Destination("https", inject.REDACTED, flow.request.port)
+            return self._deny(flow, state, 403, label, Decision.TRIPWIRE)
         try:
             state.dest = connect_destination(flow.request)
         except ValueError:
@@ -286,7 +297,7 @@ class CapgateAddon:
         state.activation = self.sessions.activation(state.workspace, config, version)
         # Every value the workspace can use is scrubbed from every response of it: a value
         # stored upstream through one capability can be read back through another.
-        state.scrub = list(activation_scrub(state.activation.leak_patterns))
+        state.scrub = list(activation_scrub(self.sessions.tripwire_patterns(state.activation)))
         if state.scrub:
             drop_headers(flow.request.headers, RANGE_HEADERS)
         label = self._leak_in_head(flow, state)
@@ -303,16 +314,24 @@ class CapgateAddon:
             if refusal is not None:
                 return self._deny(flow, state, *refusal)
         await inject.apply_head(self.broker, flow, state)
+        if state.minted:
+            self.sessions.note_minted(state.workspace.org_id, state.minted)
         if state.scrub:
             drop_headers(flow.request.headers, RANGE_HEADERS)
         if not verdict.capability.needs_body:
             self._stream_request(flow, state)
 
-    def _admit(self, flow: http.HTTPFlow, state: FlowState) -> tuple[int, str] | None:
+    def _admit(
+        self, flow: http.HTTPFlow, state: FlowState
+    ) -> tuple[int, str] | tuple[int, str, Decision] | None:
         """Who is asking and where the request really goes, before any policy: the
-        (status, reason) to refuse with, or None with state.workspace and state.dest set."""
+        (status, reason[, decision]) to refuse with, or None with state.workspace and
+        state.dest set."""
         if not self._identify(flow, state):
             return 407, "proxy_auth"
+        tripped = self.tripped.get(flow.client_conn)
+        if tripped is not None:
+            return 403, tripped, Decision.TRIPWIRE
         problem = request_problem(flow.request)
         if problem is not None:
             return 400, problem
@@ -332,7 +351,7 @@ class CapgateAddon:
         """The label of a stored value the request's head carries (the tripwire runs before
         matching, on every request); keeps the tripwire on the state for the body."""
         assert state.activation is not None and state.dest is not None
-        tripwire = tripwire_for(state.activation.leak_patterns)
+        tripwire = tripwire_for(self.sessions.tripwire_patterns(state.activation))
         if not tripwire:
             return None
         state.tripwire = tripwire
@@ -504,6 +523,50 @@ class CapgateAddon:
             cleaned = scrubber_for(patterns).scrub(message.content)
             if cleaned != message.content:
                 message.content = cleaned
+
+    def _leak_in_name(self, workspace: Workspace, *names: str) -> str | None:
+        """The tripwire on names the agent wrote before any request: a CONNECT target,
+        the SNI of its ClientHello (as written, before normalising lower-cases it)."""
+        assert self.watcher is not None
+        self.watcher.poll()
+        config, version = self.watcher.config, self.watcher.version
+        activation = self.sessions.activation(workspace, config, version)
+        tripwire = tripwire_for(self.sessions.tripwire_patterns(activation))
+        if not tripwire:
+            return None
+        for name in names:
+            if name and (label := tripwire.find_in_head(name, "", [])):
+                return label
+        return None
+
+    @fail_closed
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """The SNI the agent sends inside a tunnel goes through the tripwire too. It never
+        reaches the upstream (capgate pins the upstream's name); a hit is logged, audited,
+        and every request on that connection is refused."""
+        sni = data.client_hello.sni
+        client = data.context.client
+        token = self.tunnels.get(client)
+        if not sni or token is None or self.watcher is None:
+            return
+        workspace = self.sessions.workspace(token)
+        if workspace is None:
+            return
+        label = self._leak_in_name(workspace, sni)
+        if label is None:
+            return
+        self.tripped[client] = label
+        address = data.context.server.address
+        port = int(address[1]) if address else 0
+        record_refusal(
+            self.broker, workspace, "https", inject.REDACTED, port, label, Decision.TRIPWIRE
+        )
+        logger.warning(
+            "tripwire: the TLS server name from workspace %s carries the value of %s; "
+            "every request on the connection is refused",
+            workspace.id,
+            label,
+        )
 
     # -- what is not HTTP -------------------------------------------------------------------
 

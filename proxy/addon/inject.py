@@ -155,6 +155,7 @@ async def _apply_auth(
     state.scrub.extend(wire.scrub)
     if wire.oauth:
         state.oauth.append(transform.credential)
+        state.minted.extend(wire.scrub)
 
 
 def apply_body(flow: http.HTTPFlow, state: FlowState) -> None:
@@ -190,13 +191,26 @@ def find_leak_in_head(tripwire: Tripwire, request: http.Request, dest: Destinati
     return tripwire.find_in_head(request.host, request.path, request.headers.fields)
 
 
+REDACTED = "[REDACTED]"
+
+
 def redacted_path(state: FlowState, request: http.Request) -> str:
-    """The path (and destination host) with leaked values masked, for the audit row."""
+    """The path (and destination host) with leaked values masked, for the audit row and
+    the log: every echo form of every value is replaced by its marker; a path or host in
+    which the tripwire still finds a value (a form no marker covers, a lower-cased host)
+    is replaced whole."""
     assert state.activation is not None
     scrubber = Scrubber(state.activation.leak_patterns)
+    tripwire = state.tripwire
     if state.dest is not None:
-        state.dest = dataclasses.replace(state.dest, host=scrubber.scrub_text(state.dest.host))
-    return path_without_query(scrubber.scrub_text(request.path))
+        host = scrubber.scrub_text(state.dest.host)
+        if tripwire and (tripwire.find_in_head(request.host, "", []) or host != state.dest.host):
+            host = REDACTED
+        state.dest = dataclasses.replace(state.dest, host=host)
+    path = path_without_query(scrubber.scrub_text(request.path))
+    if tripwire and tripwire.find_in_head("", path, []):
+        path = "/" + REDACTED
+    return path
 
 
 def scrub_headers(headers: http.Headers, scrubber: Scrubber) -> None:

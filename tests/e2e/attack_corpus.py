@@ -15,6 +15,7 @@ import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from .clients import Reply, via_absolute, via_tunnel
 from .conftest import (
@@ -81,6 +82,15 @@ def _agent_sees(name: str, value: str) -> Check:
 def _body_contains(text: str) -> Check:
     def check(reply: Reply, ctx: Ctx) -> None:
         assert text in reply.body.decode("utf-8", "replace")
+
+    return check
+
+
+def _row_free_of(*forms: str) -> Check:
+    def check(reply: Reply, ctx: Ctx) -> None:
+        row = repr(ctx.world.broker.decisions[-1]).lower()
+        for form in forms:
+            assert form.lower() not in row, form
 
     return check
 
@@ -627,6 +637,34 @@ ATTACKS: tuple[Attack, ...] = (
     Attack(
         "tripwire_secret_percent_encoded_in_path",
         lambda c: c.api("/repos/" + "".join(f"%{b:02x}" for b in TENANT_SECRET.encode())),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+        # the row and the log hold no form the tripwire matched, encoded ones included
+        checks=(_row_free_of(quote(TENANT_SECRET, safe=""), "%74%65%6e%61%6e%74"),),
+    ),
+    Attack(
+        "tripwire_secret_upper_percent_encoded_in_query_value",
+        lambda c: c.api("/repos/x?q=" + quote(f"{TENANT_SECRET}/x", safe="")),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+    ),
+    Attack(
+        "tripwire_in_the_connect_target",
+        # Before the tunnel exists: a value in the CONNECT host. The row's host is
+        # redacted (lower-cased, the value would otherwise pass a case-sensitive scan).
+        lambda c: c.tunnel(f"{TENANT_SECRET}.api.test:{c.tls.port}", path="/repos/x"),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+        checks=(_row_free_of(TENANT_SECRET.lower()),),
+    ),
+    Attack(
+        "tripwire_in_the_connect_target_base64",
+        lambda c: c.tunnel(
+            f"{_b64(TENANT_SECRET).rstrip('=')}.api.test:{c.tls.port}", path="/repos/x"
+        ),
         403,
         "tripwire",
         "secret:tenant-id",

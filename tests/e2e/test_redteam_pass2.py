@@ -14,7 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from capgate.broker.decisions import StoredDecision
+from capgate.broker.secretvalue import SecretValue
+from capgate.broker.types import MintOutcome, PolicyDecision, WireCredential, leak_patterns
 from capgate.proxy.addon import inject
+from capgate.proxy.cli.decisions import _row_line
+from capgate.proxy.replay.memory_broker import MemoryBroker
 from tests.proxy.test_scrub_forms import ENCODERS
 
 from .certs import TestPki, issue_server_cert
@@ -461,3 +466,118 @@ def test_no_echo_form_of_a_held_value_reaches_the_agent(
     assert reply.status == 200
     assert encoded not in reply.body
     _no_canary(reply.body)
+
+
+# -- class 5: the tripwire and the logs ------------------------------------------------------
+
+
+def test_a_value_in_the_sni_trips_and_refuses_the_connection(raw_proxy, memory_world, raw_upstream):
+    """The ClientHello's server name carries a stored value: audited as a tripwire row
+    (host redacted), and the request on that connection is refused; nothing upstream."""
+    before = len(memory_world.broker.decisions)
+    reply = via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        path="/repos/x",
+        sni=f"{TENANT_SECRET}.api.test",
+        ca=str(raw_proxy.ca),
+    )
+    assert reply.status == 403
+    assert raw_upstream.requests == []
+    rows = _rows_after(memory_world, before)
+    time.sleep(0.2)
+    rows = memory_world.broker.decisions[before:]
+    assert [(r.decision, r.reason) for r in rows] == [("tripwire", "secret:tenant-id")] * 2
+    for row in rows:
+        assert TENANT_SECRET.lower() not in repr(row).lower()
+
+
+MINTED_TOKEN = "ya29.CANARYminted-access-token-0123456789"
+
+
+class MintingBroker(MemoryBroker):
+    """The memory broker with one OAuth credential whose mint returns an access token
+    (the addon's handling of minted tokens is what is under test, not the token call)."""
+
+    async def mint(self, activation, credential_name):  # type: ignore[no-untyped-def]
+        if credential_name != "google":
+            return await super().mint(activation, credential_name)
+        token = SecretValue(MINTED_TOKEN)
+        wire = WireCredential(
+            headers=(("Authorization", SecretValue(f"Bearer {MINTED_TOKEN}")),),
+            scrub=leak_patterns("credential:google", token),
+            oauth=True,
+        )
+        return MintOutcome(credential_name, wire)
+
+
+OAUTH_CAPS = """\
+version: 1
+capabilities:
+  - name: google
+    match: {{hosts: ["api.test:{port}"], paths: ["/drive/**"]}}
+    transforms:
+      - auth: {{credential: google, provider: google}}
+  - name: other
+    match: {{hosts: ["api.test:{port}"], paths: ["/other/**"]}}
+roles:
+  researcher:
+    capabilities: [google, other]
+"""
+
+
+def test_a_minted_access_token_sent_back_by_the_agent_trips(
+    start_proxy, pki: TestPki, raw_upstream: RawUpstream, tmp_path: Path
+):
+    broker = MintingBroker()
+    broker.add_credential(
+        "google",
+        "google",
+        '{"refresh_token": "1//CANARYrefresh"}',
+        kind="oauth2_authorization_code",
+        config={"client_id": "cid"},
+    )
+    _, token = broker.add_workspace("researcher")
+    running = start_proxy(OAUTH_CAPS.format(port=raw_upstream.port), broker)
+    target = f"api.test:{raw_upstream.port}"
+    first = via_tunnel(running.port, token, target, path="/drive/x", ca=str(running.ca))
+    assert first.status == 200
+    assert header_of(raw_upstream.requests[-1], "Authorization") == f"Bearer {MINTED_TOKEN}"
+    raw_upstream.requests.clear()
+    before = len(broker.decisions)
+    leak = via_tunnel(
+        running.port,
+        token,
+        target,
+        path="/other/x",
+        headers=[("X-Debug", MINTED_TOKEN)],
+        ca=str(running.ca),
+    )
+    assert leak.status == 403
+    assert raw_upstream.requests == []
+    rows = broker.decisions[before:]
+    assert [(r.decision, r.reason) for r in rows] == [("tripwire", "credential:google")]
+
+
+def test_control_characters_never_reach_the_access_log(
+    raw_proxy, memory_world, raw_upstream, caplog
+):
+    caplog.set_level("INFO", logger="capgate.access")
+    _h2_get(raw_proxy, memory_world, raw_upstream.port, b"/repos/\x1b]0;owned\x07\x1b[2J")
+    time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "capgate.access"]
+    assert lines and all(line.isprintable() for line in lines), lines
+    assert any("%1B]0;owned%07%1B[2J" in line for line in lines)
+
+
+def test_capgate_decisions_shows_old_rows_without_their_control_characters():
+    """A row written before rows were made printable still prints safely."""
+    row = PolicyDecision(
+        at=0.0, org_id="o", workspace_id="w", capability=None, decision="deny",
+        reason="no_capability", method="GET", scheme="https", host="api.test", port=443,
+        path="/x\x1b[2J\x07", transforms_applied=(), transforms_failed={}, auth_failures={},
+        upstream_status=None, duration_ms=1.0,
+    )  # fmt: skip
+    line = _row_line(StoredDecision(1, row))
+    assert line.isprintable() and "\\x1b[2J\\x07" in line
