@@ -42,6 +42,7 @@ from .checks import (
     request_problem,
 )
 from .flowstate import FlowState, finish, get_state, new_state, printable, record_refusal
+from .limits import BODY_LIMIT_KEY
 from .reload import CapsWatcher
 from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
 from .scrub import activation_scrub, can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
@@ -287,6 +288,9 @@ class CapgateAddon:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.watcher is None:
             return
+        # Whatever happens next, a body mitmproxy buffers for this flow is bounded (also
+        # one sent after a refusal, and one without a length: HTTP/2, HTTP/3).
+        flow.metadata[BODY_LIMIT_KEY] = self.body_limit
         state = new_state(flow)
         refusal = self._admit(flow, state)
         if refusal is not None:

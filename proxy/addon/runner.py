@@ -24,6 +24,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconf
 
 from .broker_port import BrokerPort
 from .hooks import CapgateAddon
+from .limits import install_limits
 from .responses import install_error_pages
 from .upstream import UpstreamIdentity
 
@@ -120,6 +121,7 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
     """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
     quiet_libraries()
     install_error_pages()
+    install_limits()
     ca_cert_path(settings.home)
     trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
     m = master.Master(options.Options(), with_termlog=False)

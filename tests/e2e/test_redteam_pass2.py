@@ -5,7 +5,9 @@ with two virtual hosts, non-HTTP bytes in a tunnel, and faults inside capgate's 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +20,14 @@ from capgate.broker.decisions import StoredDecision
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import MintOutcome, PolicyDecision, WireCredential, leak_patterns
 from capgate.proxy.addon import inject
+from capgate.proxy.addon.runner import ProxySettings, ProxyThread, ca_cert_path
 from capgate.proxy.cli.decisions import _row_line
 from capgate.proxy.replay.memory_broker import MemoryBroker
 from tests.proxy.test_scrub_forms import ENCODERS
 
 from .certs import TestPki, issue_server_cert
 from .clients import via_tunnel
-from .conftest import CANARIES, GITHUB_TOKEN, TENANT_SECRET, World
+from .conftest import CANARIES, GITHUB_TOKEN, TENANT_SECRET, TestResolver, World
 from .h2_client import h2_via_tunnel
 from .nginx_vhosts import Nginx, nginx_binary, start_nginx
 from .raw_upstream import RawUpstream, header_of, start_raw_upstream
@@ -581,3 +584,98 @@ def test_capgate_decisions_shows_old_rows_without_their_control_characters():
     )  # fmt: skip
     line = _row_line(StoredDecision(1, row))
     assert line.isprintable() and "\\x1b[2J\\x07" in line
+
+
+# -- class 6: bounded resources before authentication ----------------------------------------
+
+
+def _raw_exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send `data` (no end of head), then read what the proxy answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        with contextlib.suppress(OSError):  # the proxy may close while we still send
+            sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+        return received
+
+
+def test_an_unfinished_request_head_is_not_buffered_without_bound(proxy, plain_upstream):
+    """No token, no end of head, 200 KB of one header: 431 and the connection closes
+    (it used to be buffered for as long as the client kept sending)."""
+    head = f"GET http://localhost:{plain_upstream.port}/x HTTP/1.1\r\nX-Fill: ".encode()
+    answer = _raw_exchange(proxy.port, head + b"a" * 200_000)
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+def test_a_request_head_with_too_many_header_lines_is_refused(proxy, plain_upstream):
+    head = f"GET http://localhost:{plain_upstream.port}/x HTTP/1.1\r\n".encode()
+    answer = _raw_exchange(proxy.port, head + b"X-A: 1\r\n" * 1000 + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+def test_body_limit_applies_to_http2_bodies_without_length(
+    proxy_home, pki: TestPki, tmp_path: Path, memory_world, raw_upstream
+):
+    """`--body-limit 1k`: an HTTP/2 body without content-length is buffered (to be
+    framed) only up to the limit; past it 413, nothing upstream, row body_too_large."""
+    caps = tmp_path / "caps.yaml"
+    caps.write_text(RAW_CAPS.format(port=raw_upstream.port))
+    settings = ProxySettings(
+        home=proxy_home,
+        caps_path=caps,
+        listen_port=0,
+        upstream_cas=(pki.ca_pem,),
+        body_limit="1k",
+        extra_addons=(TestResolver(),),
+    )
+    thread = ProxyThread(settings, memory_world.broker).start()
+    try:
+        before = len(memory_world.broker.decisions)
+        reply = h2_via_tunnel(
+            thread.port,
+            memory_world.token,
+            f"api.test:{raw_upstream.port}",
+            ca=str(ca_cert_path(proxy_home)),
+            headers=[
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", f"api.test:{raw_upstream.port}".encode()),
+                (b":path", b"/repos/x"),
+            ],
+            body=b"x" * 8192,
+            chunks=8,
+        )
+        rows = _rows_after(memory_world, before)
+    finally:
+        thread.stop()
+    assert reply.status == 413 or reply.reset
+    assert raw_upstream.requests == []
+    assert [(r.decision, r.reason) for r in rows] == [("deny", "body_too_large")]
+
+
+GLOB_CAPS = """\
+version: 1
+capabilities:
+  - name: globbed
+    match: {{hosts: ["api.test:{port}"], paths: ["/a*a*a*b"]}}
+roles:
+  researcher:
+    capabilities: [globbed]
+"""
+
+
+def test_a_path_built_to_make_a_glob_backtrack_is_answered(start_proxy, memory_world, raw_upstream):
+    """12 KB of `a` against `/a*a*a*b`: a backtracking matcher needs minutes (cubic) on
+    the proxy's single event loop; the linear one answers, and so does the next agent."""
+    running = start_proxy(GLOB_CAPS.format(port=raw_upstream.port), memory_world.broker)
+    target = f"api.test:{raw_upstream.port}"
+    slow = via_tunnel(
+        running.port, memory_world.token, target, path="/" + "a" * 12_000, ca=str(running.ca)
+    )
+    assert slow.status == 403
+    ok = via_tunnel(running.port, memory_world.token, target, path="/aXaYaZb", ca=str(running.ca))
+    assert ok.status == 200
