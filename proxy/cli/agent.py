@@ -148,7 +148,8 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
 
 
 @dataclass
@@ -318,7 +319,10 @@ def exec_command(
     lease = LeaseKeeper(home, made.workspace.org_id, made.workspace.id, lease_s)
     contained: Contained | None = None
     try:
-        proxy.start()
+        try:
+            proxy.start()
+        except RuntimeError as exc:
+            _fail(str(exc), 1)
         bundle, ca_cert = client_trust_bundle(home), ca_cert_path(home)
         if not no_contain:
             try:

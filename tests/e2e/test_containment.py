@@ -399,3 +399,26 @@ def test_exec_refuses_a_role_the_caps_file_does_not_define(
     assert done.returncode == 2
     assert "'admin' is not defined in the caps file (roles: researcher)" in done.stderr
     assert _workspaces(cli_home) == before
+
+
+def test_exec_refuses_when_the_sandbox_cannot_be_set_up(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
+) -> None:
+    # a bwrap that fails the way it does on a kernel without user namespaces
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n"
+    )
+    (fake / "bwrap").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    done = _exec(
+        cli_home, caps_file, pki, "sh", "-c", "touch ran",
+        env={"PATH": f"{fake}:/usr/bin:/bin"}, cwd=work,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "error: containment could not be set up" in done.stderr
+    assert "--no-contain" in done.stderr
+    assert not (work / "ran").exists()
+    assert all(w["revoked_at"] for w in _workspaces(cli_home))
