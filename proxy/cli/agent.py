@@ -389,11 +389,20 @@ def _run(
             *contained.box.command(command, ready_w),
         ]
         fds = tuple(fd for fd in (ready_w, filter_fd, options_fd, info_w) if fd is not None)
+    # bwrap dies on a terminal's Ctrl-C and takes the sandbox with it (SIGKILL): start it
+    # with SIGINT and SIGQUIT ignored (inherited); the launcher restores them for CMD.
+    saved = (
+        [(sig, signal.signal(sig, signal.SIG_IGN)) for sig in (signal.SIGINT, signal.SIGQUIT)]
+        if contained is not None
+        else []
+    )
     try:
         child = subprocess.Popen(argv, env=env, pass_fds=fds, **_user_kwargs(run_as))
     except OSError as exc:
         _fail(f"cannot run {argv[0]}: {exc.strerror}", 127)
     finally:
+        for sig, handler in saved:
+            signal.signal(sig, handler)
         for fd in (ready_w, filter_fd, options_fd, info_w):
             if fd is not None:
                 os.close(fd)
