@@ -169,8 +169,8 @@ BREAKS = [
     ("proxy/replay/x.py", "from capgate.proxy.cli.main import main\n", "capgate.proxy.cli.main"),
     ("proxy/cli/x.py", "from ..server import app\n", "capgate.proxy.server"),
     ("proxy/server/x.py", "from capgate.proxy.cli import support\n", "capgate.proxy.cli"),
-    ("proxy/contain/x.py", "from capgate.broker import home\n", "capgate.broker"),
     ("proxy/contain/x.py", "from ..addon import runner\n", "capgate.proxy.addon"),
+    ("proxy/contain/x.py", "from capgate.broker import home\n", "capgate.broker"),
     (
         "proxy/server/x.py",
         "import importlib\nimportlib.import_module('capgate.proxy.cli.main')\n",
