@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -679,3 +680,49 @@ def test_a_path_built_to_make_a_glob_backtrack_is_answered(start_proxy, memory_w
     assert slow.status == 403
     ok = via_tunnel(running.port, memory_world.token, target, path="/aXaYaZb", ca=str(running.ca))
     assert ok.status == 200
+
+
+# -- the same with curl ----------------------------------------------------------------------
+
+
+def _curl(running, token: str, url: str, *args: str) -> tuple[int, bytes]:
+    command = ["curl", "-sS", "--max-time", "10", "--cacert", str(running.ca)]
+    command += ["-x", running.url(token), "-o", "-", "-w", "\n%{http_code}", *args, url]
+    done = subprocess.run(command, capture_output=True, timeout=20, check=False)
+    body, _, status = done.stdout.rpartition(b"\n")
+    return int(status or 0), body
+
+
+def test_curl_sdk_style_dummy_authorization_never_reaches_the_upstream(
+    pinned_proxy, memory_world, tls_upstream
+):
+    status, body = _curl(
+        pinned_proxy,
+        memory_world.token,
+        f"https://api.test:{tls_upstream.port}/v1/messages",
+        "-H",
+        "Authorization: Bearer sk-ant-dummy",
+        "-H",
+        "x-api-key: agent-own",
+    )
+    assert status == 200
+    seen = tls_upstream.log.items[-1]
+    assert seen.header("x-api-key") == [ANTHROPIC_KEY]
+    assert seen.header("Authorization") == []
+    assert ANTHROPIC_KEY.encode() not in body
+
+
+@pytest.mark.parametrize("encoder", ["quote", "json_escaped_slash", "json_u_non_alnum"])
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_curl_never_receives_an_encoded_echo(
+    echo_proxy, memory_world, raw_upstream, encoder, version
+):
+    value = f"Bearer {GITHUB_TOKEN}/{TENANT_SECRET}"
+    encoded = ENCODERS[encoder](value).encode()
+    _serve_body(raw_upstream, b'{"echo": "' + encoded + b'"}')
+    status, body = _curl(
+        echo_proxy, memory_world.token, f"https://api.test:{raw_upstream.port}/read/x", version
+    )
+    assert status == 200
+    assert encoded not in body
+    _no_canary(body)
