@@ -263,7 +263,12 @@ class CapgateAddon:
         if workspace is None or self.watcher is None:
             return self._deny(flow, state, 407, "proxy_auth")
         state.workspace = workspace
-        label = self._leak_in_name(workspace, flow.request.host, flow.request.authority)
+        label = self._leak_in_name(
+            workspace,
+            flow.request.host,
+            flow.request.authority,
+            header_fields=flow.request.headers.fields,
+        )
         if label is not None:
             logger.warning(
                 "tripwire: the CONNECT target from workspace %s carries the value of %s; blocked",
@@ -528,9 +533,15 @@ class CapgateAddon:
             if cleaned != message.content:
                 message.content = cleaned
 
-    def _leak_in_name(self, workspace: Workspace, *names: str) -> str | None:
-        """The tripwire on names the agent wrote before any request: a CONNECT target,
-        the SNI of its ClientHello (as written, before normalising lower-cases it)."""
+    def _leak_in_name(
+        self,
+        workspace: Workspace,
+        *names: str,
+        header_fields: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> str | None:
+        """The tripwire on what the agent wrote before any request: a CONNECT target and
+        the CONNECT's other headers, the SNI of its ClientHello (as written, before
+        normalising lower-cases it)."""
         assert self.watcher is not None
         self.watcher.poll()
         config, version = self.watcher.config, self.watcher.version
@@ -541,6 +552,8 @@ class CapgateAddon:
         for name in names:
             if name and (label := tripwire.find_in_head(name, "", [])):
                 return label
+        if header_fields:
+            return tripwire.find_in_head("", "", header_fields)
         return None
 
     @fail_closed

@@ -661,6 +661,17 @@ ATTACKS: tuple[Attack, ...] = (
         checks=(_row_free_of(TENANT_SECRET.lower()),),
     ),
     Attack(
+        "tripwire_in_a_connect_header",
+        lambda c: c.tunnel(
+            f"api.test:{c.tls.port}",
+            path="/repos/x",
+            connect_headers=[("User-Agent", f"agent/1 ({GITHUB_TOKEN})")],
+        ),
+        403,
+        "tripwire",
+        "credential:github",
+    ),
+    Attack(
         "tripwire_in_the_connect_target_base64",
         lambda c: c.tunnel(
             f"{_b64(TENANT_SECRET).rstrip('=')}.api.test:{c.tls.port}", path="/repos/x"
