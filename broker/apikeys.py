@@ -235,7 +235,7 @@ _SELECT = (
 )
 
 
-def _row(r) -> ApiKeyRow:
+def _row(r: sqlite3.Row) -> ApiKeyRow:
     return ApiKeyRow(
         r["id"],
         r["user"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -98,7 +99,7 @@ def public_json(row: CredentialRow) -> dict:
     return out
 
 
-def row_from_sql(row) -> CredentialRow:
+def row_from_sql(row: sqlite3.Row) -> CredentialRow:
     return CredentialRow(
         id=row["id"],
         org_id=row["org_id"],

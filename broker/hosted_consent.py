@@ -17,20 +17,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import vault
 from .apikeys import is_past, iso_after
-from .consent import ConsentError, authorization_url, exchange_code
 from .credential_rows import CredentialRow
 from .credentials import Credentials
 from .errors import CapgateError, FieldError, InvalidInput, NotFound
 from .home import now_iso
-from .oauth import Endpoints
 from .providers import PROVIDERS, Kind
 from .secretvalue import SecretValue
 from .store import ControlStore
 from .vault import Vault
+
+if TYPE_CHECKING:  # the OAuth stack (authlib, httpx) loads only when a flow runs
+    from .oauth import Endpoints
 
 log = logging.getLogger("capgate.broker.hosted_consent")
 
@@ -99,6 +102,8 @@ class HostedConsents:
         provider = PROVIDERS[row.provider]
         state = secrets.token_urlsafe(32)
         verifier = SecretValue(secrets.token_urlsafe(48))
+        from .consent import authorization_url
+
         url = authorization_url(
             provider,
             row.resolved(),
@@ -163,7 +168,7 @@ class HostedConsents:
 
     def _complete(
         self,
-        found,
+        found: sqlite3.Row,
         code: str | None,
         error: str | None,
         signed_in_user_id: str | None,
@@ -190,6 +195,8 @@ class HostedConsents:
             raise ConsentRefused("not this org's credential")
         verifier = self._vault.get(found["verifier_ref"], row.org_id, vault.OAUTH_VERIFIER)
         provider = PROVIDERS[row.provider]
+        from .consent import ConsentError, exchange_code
+
         try:
             grant = exchange_code(
                 provider,

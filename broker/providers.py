@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 
 class Kind(StrEnum):
@@ -99,13 +100,15 @@ class Provider:
         return frozenset(keys | self.required_config)
 
 
-def _api_key(slug: str, header: str = "Authorization", fmt: str = "Bearer {v}", **kw) -> Provider:
+def _api_key(
+    slug: str, header: str = "Authorization", fmt: str = "Bearer {v}", **kw: Any
+) -> Provider:
     return Provider(
         slug=slug, kinds=frozenset({Kind.API_KEY}), header=header, value_format=fmt, **kw
     )
 
 
-def _basic(slug: str, **kw) -> Provider:
+def _basic(slug: str, **kw: Any) -> Provider:
     return Provider(
         slug=slug, kinds=frozenset({Kind.BASIC_AUTH}), value_format="Basic {basic}", **kw
     )

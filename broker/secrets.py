@@ -37,7 +37,9 @@ class Secrets:
         self._store = store
         self._vault = vault_
 
-    def set(self, org_id: str, name: str, value: SecretValue, *, actor=None) -> SecretRow:
+    def set(
+        self, org_id: str, name: str, value: SecretValue, *, actor: str | None = None
+    ) -> SecretRow:
         """Store a new secret; InvalidInput for an empty value, Conflict when it exists."""
         check_name("name", name)
         if not value.reveal():
@@ -83,7 +85,7 @@ class Secrets:
         rows = self._store.query("SELECT * FROM secrets WHERE org_id = ? ORDER BY name", (org_id,))
         return [SecretRow(**dict(r)) for r in rows]
 
-    def delete(self, org_id: str, name: str, *, actor=None) -> None:
+    def delete(self, org_id: str, name: str, *, actor: str | None = None) -> None:
         """Remove the row, then its vault entry."""
         row = self.get(org_id, name)
         with self._store.write() as conn:

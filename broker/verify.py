@@ -29,7 +29,7 @@ import httpx
 from .credential_rows import CredentialRow, CredentialSpec
 from .credential_rules import check_value, spec_errors
 from .errors import CapgateError, FieldError, InvalidInput
-from .minting import Durable, MintEnv, mint_token, minter_for
+from .minting import Durable, DurableValues, MintEnv, mint_token, minter_for
 from .oauth import DEFAULT_TIMEOUT, Endpoints, MintError
 from .providers import PROVIDERS, Kind, Provider
 from .secretvalue import SecretValue
@@ -219,7 +219,9 @@ class Verifier:
 
     # -- the calls -----------------------------------------------------------------------
 
-    def _mint(self, provider: Provider, cred: ResolvedCredential, values, call: str):
+    def _mint(
+        self, provider: Provider, cred: ResolvedCredential, values: DurableValues, call: str
+    ) -> VerifyOutcome:
         _, minter = minter_for(cred)
 
         async def run() -> VerifyOutcome:

@@ -359,7 +359,7 @@ _WORKSPACE_SELECT = (
 )
 
 
-def _user(row) -> UserRow:
+def _user(row: sqlite3.Row) -> UserRow:
     return UserRow(
         row["id"],
         row["org_id"],
@@ -370,7 +370,7 @@ def _user(row) -> UserRow:
     )
 
 
-def _workspace(row) -> WorkspaceRow:
+def _workspace(row: sqlite3.Row) -> WorkspaceRow:
     return WorkspaceRow(
         row["id"],
         row["org_id"],

@@ -38,7 +38,13 @@ def init_command(ctx: click.Context, home_dir: Path | None, as_json: bool) -> No
     """Create the home: config, key file (0600), control and vault stores. Idempotent."""
     result = init_home((home_dir or ctx.obj.home).expanduser())
     Stores.open(result.home).close()  # creates and migrates both stores
-    document = {"home": str(result.home.root), "created_key": result.created_key}
+    document = {
+        "home": str(result.home.root),
+        "key_file": str(result.home.key_file),
+        "control_db": str(result.home.control_db),
+        "vault_db": str(result.home.vault_db),
+        "created_key": result.created_key,
+    }
     verb = "initialised" if result.created_key else "already initialised (key kept)"
     _emit(as_json, document, f"{verb}: {result.home.root}")
 

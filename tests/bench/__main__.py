@@ -156,6 +156,13 @@ def decision_writer() -> Result:
         return {"skipped": f"capgate.broker.decisions not importable: {exc}"}
 
 
+def control_plane() -> Result:
+    """p50/p95 of the control plane's GET /v1/credentials and workspace create."""
+    from tests.bench import bench_server
+
+    return bench_server.run()
+
+
 def run_all(settings: Settings, workdir: Path, report: Result) -> None:
     from tests.e2e.certs import make_test_pki
 
@@ -450,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     report["match_scaling"] = match_scaling()
     if not settings.stock_only:
         report["decision_writer"] = decision_writer()
+        step("control plane (capgate serve) latency")
+        report["control_plane"] = control_plane()
     report["wall_s"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(render(report))

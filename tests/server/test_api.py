@@ -399,5 +399,12 @@ def test_caps_check_and_roles(world: World) -> None:
 def test_no_canary_in_the_server_output(world: World) -> None:
     output = world.serve.output()
     assert "capgate.server.access" in output  # the access log is there
+    control = file_bytes(world.home.root / "control.db")  # rows and audit events
     for canary in CANARIES:
         assert canary not in output
+        assert all(canary.encode() not in data for data in control.values())
+    with world.op() as op:
+        events = op.get("/v1/audit", params={"limit": 1000}).text
+    assert '"actor":"api:alice"' in events
+    for canary in CANARIES:
+        assert canary not in events
