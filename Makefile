@@ -24,6 +24,16 @@ $(STAMP): pyproject.toml
 	  (cd proxy/contain/node && npm ci --no-audit --no-fund --omit=dev --loglevel=error) || \
 	  echo "npm ci failed: Node's fetch will not use the proxy under capgate exec" >&2; \
 	else echo "npm not found: Node's fetch will not use the proxy under capgate exec" >&2; fi
+	@# The console's browser tests (tests/console): Debian's Chromium driven by Playwright
+	@# (never `playwright install`), and axe-core from npm for the accessibility check.
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }); } || \
+	  echo "chromium not installed: the console's browser tests will be skipped" >&2
+	@if command -v npm >/dev/null; then \
+	  (cd tests/console/axe && npm ci --no-audit --no-fund --loglevel=error) || \
+	  echo "npm ci failed: the console's accessibility test will be skipped" >&2; \
+	else echo "npm not found: the console's accessibility test will be skipped" >&2; fi
 	@touch $(STAMP)
 
 venv: $(STAMP)
