@@ -86,8 +86,7 @@ def serve(
 ) -> None:
     """Run the control plane: JSON API, console, OAuth callback, /healthz, /metrics."""
     host, port = _parse_listen(listen)
-    if oidc_issuer or oidc_client_id or oidc_client_secret_file:
-        _fail("console single sign-on (--oidc-*) is not available in this build", 2)
+    oidc = _oidc_settings(oidc_issuer, oidc_client_id, oidc_client_secret_file)
     if public_url is not None:
         parts = urlsplit(public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
@@ -124,6 +123,7 @@ def serve(
             "home": str(home.root),
             "public_url": base,
             "caps_files": [str(p.resolve()) for p in caps_files],
+            "oidc": oidc,
         }
     )
     import uvicorn
@@ -141,6 +141,37 @@ def serve(
     click.echo(f"capgate serve: listening on http://{shown}:{bound}", err=True)
     click.echo(f"capgate serve: public URL {base}", err=True)
     server.run(sockets=[sock])
+
+
+def _oidc_settings(
+    issuer: str | None, client_id: str | None, secret_file: Path | None
+) -> dict[str, str] | None:
+    """Console single sign-on: all three --oidc-* options or none. The issuer is https
+    (http only on loopback, for tests); the secret file must be readable and non-empty
+    (its path, not the secret, is handed to the server)."""
+    given = [issuer, client_id, secret_file]
+    if not any(given):
+        return None
+    if not all(given):
+        _fail("--oidc-issuer, --oidc-client-id and --oidc-client-secret-file go together", 2)
+    assert issuer is not None and client_id is not None and secret_file is not None
+    parts = urlsplit(issuer)
+    loopback = parts.hostname is not None and _is_loopback(parts.hostname)
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        _fail("--oidc-issuer must be an https URL (http only on a loopback address)", 2)
+    if parts.query or parts.fragment or not parts.netloc:
+        _fail("--oidc-issuer must be the issuer URL, without a query", 2)
+    try:
+        secret = secret_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        _fail(f"cannot read --oidc-client-secret-file {secret_file}", 2)
+    if not secret:
+        _fail("--oidc-client-secret-file is empty", 2)
+    return {
+        "issuer": issuer,
+        "client_id": client_id,
+        "client_secret_file": str(secret_file.resolve()),
+    }
 
 
 def _configure_logging() -> None:

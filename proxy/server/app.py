@@ -24,6 +24,7 @@ from capgate.broker.verify import Verifier
 
 from . import errors
 from .api import router as api_router
+from .console import OidcSettings, install_sso
 from .console import router as console_router
 from .context import CapsFiles, ServerContext
 from .middleware import Guard
@@ -44,7 +45,17 @@ def app_from_settings() -> FastAPI:
         Path(settings["home"]),
         public_url=settings["public_url"],
         caps_files=[Path(p) for p in settings.get("caps_files", [])],
+        oidc=_oidc_settings(settings.get("oidc")),
     )
+
+
+def _oidc_settings(raw: Any) -> OidcSettings | None:
+    """`oidc` of the settings: issuer, client id and the client secret's file (read here,
+    so the secret never travels in the environment)."""
+    if not raw:
+        return None
+    secret = Path(raw["client_secret_file"]).read_text(encoding="utf-8").strip()
+    return OidcSettings(raw["issuer"], raw["client_id"], secret)
 
 
 def create_app(
@@ -55,6 +66,7 @@ def create_app(
     endpoints: Endpoints | None = None,
     max_body: int = MAX_BODY,
     verify_overrides: Mapping[str, str] | None = None,
+    oidc: OidcSettings | None = None,
 ) -> FastAPI:
     """The app for one home; `home` may be opened Stores (the caller then closes them)."""
     owned = not isinstance(home, Stores)
@@ -83,6 +95,7 @@ def create_app(
     _mount_metrics(app)
     # The console (issue 15) owns its pages: included last, so API paths win.
     app.include_router(console_router)
+    install_sso(app, oidc, ctx.public_url)
     app.add_middleware(Guard, max_body=max_body)
     if owned:
         app.router.on_shutdown.append(stores.close)

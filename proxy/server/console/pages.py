@@ -67,8 +67,13 @@ VALUE_LABELS = {
     "oauth2_jwt_bearer": "Service-account key (JSON)",
     "oauth2_jwt_bearer_with_subject": "Service-account key (JSON)",
 }
-TTL_CHOICES = (("", "No expiry"), ("3600", "1 hour"), ("28800", "8 hours"), ("86400", "1 day"))
-TTL_CHOICES += (("604800", "7 days"),)
+TTL_CHOICES: tuple[tuple[str, str], ...] = (
+    ("", "No expiry"),
+    ("3600", "1 hour"),
+    ("28800", "8 hours"),
+    ("86400", "1 day"),
+    ("604800", "7 days"),
+)
 DECISION_CHOICES = ("allow", "deny")
 DEFAULT_PROXY = "http://127.0.0.1:8080"
 
