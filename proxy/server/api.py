@@ -369,7 +369,7 @@ def list_decisions(
 ) -> dict[str, Any]:
     only = access.scope(caller, Action.READ_DECISIONS)
     cursor = _cursor(after)
-    if workspace is not None and only is not None:
+    if workspace is not None:  # another org's workspace reads like a missing one: 404
         ws = ctx.stores.workspaces.get(caller.org_id, workspace)
         access.allow(caller, Action.READ_DECISIONS, owner=ws.user)
     rows = decisions.page(

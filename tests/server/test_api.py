@@ -343,6 +343,19 @@ def test_routing_errors_and_size_limit_are_json(world: World) -> None:
             headers={"Content-Type": "application/json"},
         )
         assert big.status_code == 413 and big.json()["error"] == "too_large"
+
+        def chunks():  # no Content-Length: the limit is enforced while reading
+            yield b'{"name": "big", "value": "'
+            for _ in range(40):
+                yield b"a" * 65536
+            yield b'"}'
+
+        streamed = op.post(
+            "/v1/secrets", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert streamed.status_code == 413 and streamed.json()["error"] == "too_large"
+        assert "big" not in {s["name"] for s in op.get("/v1/secrets").json()["secrets"]}
+        assert op.get("/v1/decisions", params={"workspace": "ws_nothere"}).status_code == 404
         bad_query = op.get("/v1/decisions", params={"limit": "lots"})
         assert bad_query.status_code == 400 and bad_query.json()["error"] == "bad_request"
         assert op.get("/v1/decisions", params={"after": "x"}).status_code == 400
