@@ -190,6 +190,10 @@ def test_connect_ends_on_the_credential_page_as_active(console: Console, context
     page.wait_for_url(re.compile(r"\?connected=1$"))
     assert head.get_attribute("data-status") == "active"
     assert len(console.oauth.grant_calls("authorization_code")) == before + 2
+    # Verify mints with the stored grant at the provider's token endpoint
+    page.get_by_role("button", name="Verify").click()
+    assert page.locator('[data-verified="ok"]').is_visible()
+    assert console.oauth.token_url in page.locator("[data-verified]").inner_text()
     # bob's roles page no longer lists drive as missing
     page.goto("/roles")
     assert page.locator('[data-missing-ref="credential:drive"]').count() == 0
@@ -335,6 +339,113 @@ def test_names_and_values_from_outside_render_as_text(console: Console, context)
     screenshot(console, page, "xss-rendered-as-text")
 
 
+def test_delete_asks_for_confirmation(console: Console, context) -> None:  # type: ignore[no-untyped-def]
+    made = console.credential("xss")
+    assert made is not None
+    page = sign_in(console, context, "alice")
+    page.goto(f"/credentials/{made['id']}")
+    page.get_by_role("link", name="Delete…").click()
+    assert urlsplit(page.url).path == f"/credentials/{made['id']}/delete"
+    screenshot(console, page, "credential-delete-confirm")
+    page.get_by_role("link", name="Cancel").click()
+    assert console.credential("xss") is not None  # looking is not deleting
+    page.get_by_role("link", name="Delete…").click()
+    page.get_by_role("button", name="Delete credential").click()
+    assert page.url.endswith("/credentials?deleted=xss")
+    assert page.locator('tr[data-credential="xss"]').count() == 0
+    assert console.credential("xss") is None
+
+
+def test_the_forms_work_without_javascript(console: Console, browser) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=console.base, java_script_enabled=False)
+    try:
+        page = sign_in(console, context, "alice")
+        page.goto("/credentials/new?name=openai-nojs")
+        page.select_option("select[name=provider]", "openai")
+        page.get_by_role("button", name="Next").click()  # no JS: the button moves on
+        assert page.locator('input[name="name"]').input_value() == "openai-nojs"
+        assert sorted(
+            page.locator('input[name^="config."]').evaluate_all("els => els.map(e => e.name)")
+        ) == ["config.organization", "config.project"]
+        page.fill('input[name="config.organization"]', "org-nojs")
+        page.fill('input[name="value"]', API_KEY)
+        page.get_by_role("button", name="Add credential").click()
+        assert (
+            page.locator('.page-head[data-credential="openai-nojs"]').get_attribute("data-status")
+            == "active"
+        )
+        made = console.credential("openai-nojs")
+        assert made is not None and made["provider_config"] == {"organization": "org-nojs"}
+
+        page.goto("/workspaces/new")
+        page.select_option("select[name=role]", "reader")
+        page.get_by_role("button", name="Check the role").click()
+        assert page.locator("[data-preflight]").count() == 1
+        page.get_by_role("button", name="Create workspace").click()
+        assert page.locator("[data-token]").inner_text().startswith("cg_")
+        assert page.locator("[data-export]").is_visible()
+        assert not page.locator('button[data-copy="ws-export"]').is_visible()  # JS only
+        screenshot(console, page, "workspace-created-nojs")
+    finally:
+        context.close()
+
+
+def test_a_member_sees_their_own_view(console: Console, context) -> None:  # type: ignore[no-untyped-def]
+    with console.api("alice") as op:  # carol's own consent credential
+        carols = op.post(
+            "/v1/credentials",
+            json={
+                "name": "carol-drive",
+                "provider": "google",
+                "kind": "oauth2_authorization_code",
+                "user": "carol",
+                "config": {"client_id": CLIENT_ID},
+            },
+        )
+        assert carols.status_code == 201, carols.text
+    page = sign_in(console, context, "bob")
+    page.goto("/credentials")
+    listed = page.locator("tr[data-credential]").evaluate_all(
+        "els => els.map(e => e.getAttribute('data-credential'))"
+    )
+    assert "drive" in listed and "github" in listed and "carol-drive" not in listed
+    answer = page.goto(f"/credentials/{carols.json()['id']}")
+    assert answer is not None and answer.status == 404
+    # an org credential: readable, no buttons that would be refused
+    page.goto(f"/credentials/{console.credential('github')['id']}")  # type: ignore[index]
+    assert page.get_by_role("button", name="Verify").count() == 0
+    assert page.get_by_role("link", name="Delete…").count() == 0
+    # the wizard offers a member only the providers with a consent kind, and that kind
+    page.goto("/credentials/new")
+    offered = page.locator("select[name=provider] option").evaluate_all(
+        "els => els.map(e => e.value).filter(Boolean)"
+    )
+    assert sorted(offered) == ["google", "microsoft"]
+    page.goto("/credentials/new?provider=google")
+    assert page.locator('input[name="kind"]').get_attribute("value") == "oauth2_authorization_code"
+    assert page.locator('input[name="user"]').input_value() == "bob"
+    # no audit for members; their nav says so
+    assert page.get_by_role("link", name="Audit").count() == 0
+    page.goto("/audit")
+    assert "for operators" in page.locator("main").inner_text()
+    screenshot(console, page, "member-audit")
+    # a member's POST for another user is the API's 403, shown as a page
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    refused = page.request.post(
+        "/credentials/new",
+        form={
+            "csrf_token": token or "",
+            "name": "sneaky",
+            "provider": "google",
+            "kind": "oauth2_authorization_code",
+            "user": "carol",
+            "config.client_id": CLIENT_ID,
+        },
+    )
+    assert refused.status == 403
+    assert console.credential("sneaky") is None
+
+
 def test_security_headers_on_every_page(console: Console, context) -> None:  # type: ignore[no-untyped-def]
     page = sign_in(console, context, "alice")
     for path in (*PAGES, "/static/console.js", "/static/console.css"):
@@ -363,6 +474,7 @@ def test_no_canary_in_any_page_and_a_screenshot_of_each(console: Console, contex
         credential_pages = [
             f"/credentials/{c['id']}"
             for c in console.api(user).get("/v1/credentials").json()["credentials"]
+            if user == "alice" or c["user"] in (None, user)  # a member's own view
         ]
         for path in (*PAGES, *credential_pages):
             answer = page.goto(path)
