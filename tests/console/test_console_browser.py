@@ -353,7 +353,19 @@ def test_delete_asks_for_confirmation(console: Console, context) -> None:  # typ
     page.get_by_role("button", name="Delete credential").click()
     assert page.url.endswith("/credentials?deleted=xss")
     assert page.locator('tr[data-credential="xss"]').count() == 0
+    assert "Deleted credential xss" in page.locator("[role=status]").inner_text()
     assert console.credential("xss") is None
+    # a crafted link cannot put its own words in the notice
+    page.goto("/credentials?deleted=Your+session+expired,+sign+in+at+evil.example")
+    assert page.locator("[role=status]").count() == 0
+    # a secret, the same way
+    with console.api("alice") as op:
+        assert op.post("/v1/secrets", json={"name": "old-key", "value": SECRET}).status_code == 201
+    page.goto("/secrets")
+    page.locator('tr[data-secret="old-key"]').get_by_role("link", name="Delete…").click()
+    page.get_by_role("button", name="Delete secret").click()
+    assert page.url.endswith("/secrets?deleted=old-key")
+    assert page.locator('tr[data-secret="old-key"]').count() == 0
 
 
 def test_the_forms_work_without_javascript(console: Console, browser) -> None:  # type: ignore[no-untyped-def]

@@ -13,9 +13,11 @@ and never rendered back, not even after a field error.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -44,7 +46,7 @@ from ..auth import check_csrf, session_principal
 from ..context import ServerContext, context
 from ..errors import ApiError, broker_error
 from .chips import Chip, auth_providers, chips
-from .render import STATIC, STATIC_TYPES, origin, render, secure_headers
+from .render import STATIC, STATIC_TYPES, origin, query, render, secure_headers
 
 CONSENT = Kind.OAUTH2_AUTHORIZATION_CODE.value
 # Settings capgate writes itself (never typed by a person).
@@ -97,6 +99,16 @@ async def _posted(request: Request) -> tuple[Principal, FormData]:
     caller = await _caller(request)
     await check_csrf(request, caller)  # 403 {"error": "csrf"} before anything runs
     return caller, await request.form()
+
+
+NOTICE_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+
+
+def _notice_name(request: Request, key: str) -> str:
+    """The name a "Deleted X" notice after a redirect shows: a plain name or nothing (a
+    crafted link cannot put other words on the page)."""
+    value = request.query_params.get(key, "")
+    return value if NOTICE_NAME.match(value) else ""
 
 
 def _text(form: FormData, key: str) -> str:
@@ -257,7 +269,7 @@ async def credentials_page(request: Request) -> Response:
         caller,
         section="credentials",
         credentials=rows,
-        deleted=request.query_params.get("deleted", "")[:256],
+        deleted=_notice_name(request, "deleted"),
         may_create=True,
     )
 
@@ -513,7 +525,7 @@ async def credential_delete(request: Request, credential_id: str) -> Response:
         await _call(api.delete_credential, credential_id, caller, ctx)
     except CapgateError as exc:
         return _error_page(request, caller, exc)
-    return RedirectResponse(f"/credentials?deleted={row['name']}", status_code=303)
+    return RedirectResponse(query("/credentials", {"deleted": row["name"]}), status_code=303)
 
 
 # --- secrets ------------------------------------------------------------------------------
@@ -530,8 +542,8 @@ async def secrets_page(request: Request) -> Response:
         section="secrets",
         secrets=sorted(listed["secrets"], key=lambda s: s["name"]),
         may_change=_may(caller, Action.CHANGE_SECRET),
-        created=request.query_params.get("created", "")[:256],
-        deleted=request.query_params.get("deleted", "")[:256],
+        created=_notice_name(request, "created"),
+        deleted=_notice_name(request, "deleted"),
     )
 
 
@@ -577,7 +589,7 @@ async def secret_create(request: Request) -> Response:
                 errors["name"] = errors.pop("")
     if errors:
         return _secret_form(request, caller, name, errors, status=422)
-    return RedirectResponse(f"/secrets?created={name}", status_code=303)
+    return RedirectResponse(query("/secrets", {"created": name}), status_code=303)
 
 
 @router.get("/secrets/{name}/delete")
@@ -593,7 +605,7 @@ async def secret_delete_confirm(request: Request, name: str) -> Response:
         title=f"Delete secret {name}?",
         what=name,
         detail="Capabilities that use it stop working on the next request.",
-        action=f"/secrets/{name}/delete",
+        action=f"/secrets/{quote(name, safe='')}/delete",
         back="/secrets",
         button="Delete secret",
     )
@@ -606,7 +618,7 @@ async def secret_delete(request: Request, name: str) -> Response:
         await _call(api.delete_secret, name, caller, _ctx(request))
     except CapgateError as exc:
         return _error_page(request, caller, exc)
-    return RedirectResponse(f"/secrets?deleted={name}", status_code=303)
+    return RedirectResponse(query("/secrets", {"deleted": name}), status_code=303)
 
 
 # --- roles --------------------------------------------------------------------------------
@@ -653,7 +665,7 @@ async def workspaces_page(request: Request) -> Response:
         caller,
         section="workspaces",
         workspaces=rows,
-        revoked=request.query_params.get("revoked", "")[:64],
+        revoked=_notice_name(request, "revoked"),
     )
 
 
@@ -785,7 +797,7 @@ async def workspace_revoke(request: Request, workspace_id: str) -> Response:
         await _call(api.revoke_workspace, workspace_id, caller, _ctx(request))
     except CapgateError as exc:
         return _error_page(request, caller, exc)
-    return RedirectResponse(f"/workspaces?revoked={workspace_id}", status_code=303)
+    return RedirectResponse(query("/workspaces", {"revoked": workspace_id}), status_code=303)
 
 
 # --- decisions and audit ------------------------------------------------------------------
