@@ -49,8 +49,9 @@ from .chips import Chip, auth_providers, chips
 from .render import STATIC, STATIC_TYPES, origin, query, render, secure_headers
 
 CONSENT = Kind.OAUTH2_AUTHORIZATION_CODE.value
-# Settings capgate writes itself (never typed by a person).
-INTERNAL_CONFIG = frozenset({"client_secret_ref"})
+# Settings the wizard does not offer: written by capgate itself (client_secret_ref), or
+# accepted but not used yet (redirect_uri: the redirect is always {public-url}/oauth/callback).
+INTERNAL_CONFIG = frozenset({"client_secret_ref", "redirect_uri"})
 KIND_LABELS = {
     "api_key": "API key (a header)",
     "basic_auth": "Basic auth (username and password or token)",
