@@ -118,8 +118,11 @@ def screenshot(console: Console, page, name: str) -> Path:  # type: ignore[no-un
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one test module. Not session-wide: while Playwright's sync API is
+    running it holds an event loop in this thread, and later modules' asyncio.run() would
+    fail."""
     if not CHROMIUM.exists():
         pytest.fail(
             "/usr/bin/chromium is missing: `make venv` installs Debian's chromium (as root)"

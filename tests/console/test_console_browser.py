@@ -150,6 +150,21 @@ def test_the_wizard_offers_only_legal_kinds_and_checks_the_client_id(
     assert page.locator('input[name="name"]').input_value() == "drive-org"
     assert CLIENT_SECRET not in page.content()
     assert console.credential("drive-org") is None  # nothing written
+    # a hand-made POST with an illegal pair: the API's refusal, shown at the top of the form
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content") or ""
+    illegal = page.request.post(
+        "/credentials/new",
+        form={
+            "csrf_token": token,
+            "name": "illegal",
+            "provider": "github_pat",
+            "kind": "oauth2_client_credentials",
+            "value": API_KEY,
+        },
+    )
+    assert illegal.status == 422
+    assert "does not take kind" in illegal.text() and API_KEY not in illegal.text()
+    assert console.credential("illegal") is None
 
 
 def test_connect_ends_on_the_credential_page_as_active(console: Console, context) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from tests.e2e.upstream import Upstream, start_upstream
 from tests.server.conftest import make_home
 from tests.server.harness import ServeProcess, api_key, start_serve
 
-from .conftest import API_KEY, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from .conftest import API_KEY, ARTIFACTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -80,67 +80,64 @@ def _link(home: CliHome, user: str) -> str:
     return json.loads(home.cli("console-link", "--user", user, "--json"))["url"]
 
 
-def test_decisions_arrive_live_and_filter(live: Live) -> None:
-    from playwright.sync_api import sync_playwright
+def test_decisions_arrive_live_and_filter(live: Live, browser) -> None:  # type: ignore[no-untyped-def]
+    try:
+        bob = browser.new_context(base_url=live.serve.base)
+        errors: list[str] = []
+        page = bob.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(_link(live.home, "bob"))
+        page.goto("/workspaces/new?role=researcher")
+        assert page.locator("[data-preflight] [data-missing-ref]").count() == 0
+        page.get_by_role("button", name="Create workspace").click()
+        token = page.locator("[data-token]").inner_text()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            bob = browser.new_context(base_url=live.serve.base)
-            errors: list[str] = []
-            page = bob.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(_link(live.home, "bob"))
-            page.goto("/workspaces/new?role=researcher")
-            assert page.locator("[data-preflight] [data-missing-ref]").count() == 0
-            page.get_by_role("button", name="Create workspace").click()
-            token = page.locator("[data-token]").inner_text()
+        page.goto("/decisions")
+        assert page.locator("tr[data-decision]").count() == 0
+        assert page.locator("[data-empty]").is_visible()
 
-            page.goto("/decisions")
-            assert page.locator("tr[data-decision]").count() == 0
-            assert page.locator("[data-empty]").is_visible()
+        allowed = live.upstream.url("/repos/<b>x</b>", host="localhost")
+        denied = live.upstream.url("/admin", host="localhost")
+        assert curl(live.proxy.url(token), live.ca, allowed)[0] == 200
+        status, _ = curl(live.proxy.url(token), live.ca, denied)
+        assert status == 403
+        # no reload: the page polls /v1/decisions and adds the rows at the top
+        page.wait_for_selector('tr[data-decision="deny"]', timeout=20_000)
+        page.wait_for_selector('tr[data-decision="allow"]', timeout=20_000)
+        rows = page.locator("tr[data-decision]")
+        assert rows.nth(0).get_attribute("data-decision") == "deny"  # newest first
+        assert rows.nth(1).get_attribute("data-capability") == "repos"
+        assert "<b>x</b>" in rows.nth(1).inner_text()  # text, not markup
+        assert page.locator("tr[data-decision] b").count() == 0
+        assert not page.locator("[data-empty]").is_visible()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "decisions-live.png"), full_page=True)
 
-            allowed = live.upstream.url("/repos/<b>x</b>", host="localhost")
-            denied = live.upstream.url("/admin", host="localhost")
-            assert curl(live.proxy.url(token), live.ca, allowed)[0] == 200
-            status, _ = curl(live.proxy.url(token), live.ca, denied)
-            assert status == 403
-            # no reload: the page polls /v1/decisions and adds the rows at the top
-            page.wait_for_selector('tr[data-decision="deny"]', timeout=20_000)
-            page.wait_for_selector('tr[data-decision="allow"]', timeout=20_000)
-            rows = page.locator("tr[data-decision]")
-            assert rows.nth(0).get_attribute("data-decision") == "deny"  # newest first
-            assert rows.nth(1).get_attribute("data-capability") == "repos"
-            assert "<b>x</b>" in rows.nth(1).inner_text()  # text, not markup
-            assert page.locator("tr[data-decision] b").count() == 0
-            assert not page.locator("[data-empty]").is_visible()
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "decisions-live.png"), full_page=True)
+        # the filters apply as you type, and as a plain GET form without JS
+        page.select_option("#f-decision", "allow")
+        assert not rows.nth(0).is_visible() and rows.nth(1).is_visible()
+        page.select_option("#f-decision", "")
+        page.fill("#f-host", "nomatch.example")
+        assert page.locator("tr[data-decision]:visible").count() == 0
+        page.goto("/decisions?decision=deny")
+        assert page.locator("tr[data-decision]").count() == 1
+        assert page.locator('select[name="decision"]').input_value() == "deny"
+        assert not [e for e in errors if "Content Security Policy" in e]
 
-            # the filters apply as you type, and as a plain GET form without JS
-            page.select_option("#f-decision", "allow")
-            assert not rows.nth(0).is_visible() and rows.nth(1).is_visible()
-            page.select_option("#f-decision", "")
-            page.fill("#f-host", "nomatch.example")
-            assert page.locator("tr[data-decision]:visible").count() == 0
-            page.goto("/decisions?decision=deny")
-            assert page.locator("tr[data-decision]").count() == 1
-            assert page.locator('select[name="decision"]').input_value() == "deny"
-            assert not [e for e in errors if "Content Security Policy" in e]
-
-            # another member sees none of bob's decisions; the operator sees them all
-            carol = browser.new_context(base_url=live.serve.base)
-            theirs = carol.new_page()
-            theirs.goto(_link(live.home, "carol"))
-            theirs.goto("/decisions")
-            assert theirs.locator("tr[data-decision]").count() == 0
-            alice = browser.new_context(base_url=live.serve.base)
-            ops = alice.new_page()
-            ops.goto(_link(live.home, "alice"))
-            ops.goto("/decisions?capability=repos")
-            assert ops.locator("tr[data-decision]").count() == 1
-            for html in (page.content(), theirs.content(), ops.content()):
-                assert API_KEY not in html
-            assert re.search(r"<td>\s*repos\s*</td>", ops.content())
-        finally:
-            browser.close()
+        # another member sees none of bob's decisions; the operator sees them all
+        carol = browser.new_context(base_url=live.serve.base)
+        theirs = carol.new_page()
+        theirs.goto(_link(live.home, "carol"))
+        theirs.goto("/decisions")
+        assert theirs.locator("tr[data-decision]").count() == 0
+        alice = browser.new_context(base_url=live.serve.base)
+        ops = alice.new_page()
+        ops.goto(_link(live.home, "alice"))
+        ops.goto("/decisions?capability=repos")
+        assert ops.locator("tr[data-decision]").count() == 1
+        for html in (page.content(), theirs.content(), ops.content()):
+            assert API_KEY not in html
+        assert re.search(r"<td>\s*repos\s*</td>", ops.content())
+    finally:
+        for made in browser.contexts:
+            made.close()

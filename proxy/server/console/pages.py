@@ -332,6 +332,7 @@ async def _wizard(
 ) -> Response:
     ctx = _ctx(request)
     state = _wizard_state(caller, params)
+    errors = _unplaced(errors or {}, state)
     users: list[str] = []
     if caller.operator and state.get("user_scopable"):
         listed = await _call(api.list_users, caller, ctx)
@@ -344,10 +345,27 @@ async def _wizard(
         section="credentials",
         w=state,
         values=params,
-        errors=errors or {},
+        errors=errors,
         users=users,
         kind_labels=KIND_LABELS,
     )
+
+
+def _unplaced(errors: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
+    """Errors for fields this step does not show (a kind the provider does not take, an
+    unknown setting) go to the top of the form instead of nowhere."""
+    if state["step"] < 3:
+        shown = {"provider"} if state["step"] == 1 else set()
+    else:
+        shown = {"name", "value", "client_secret", "scopes"}
+        shown |= {f"config.{f['key']}" for f in state["fields"]}
+        if state.get("user_scopable"):
+            shown.add("user")
+    kept = {k: v for k, v in errors.items() if k in shown}
+    loose = [f"{k}: {v}" if k else v for k, v in errors.items() if k not in shown]
+    if loose:
+        kept[""] = "; ".join(loose)
+    return kept
 
 
 @router.get("/credentials/new")
