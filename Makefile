@@ -7,46 +7,59 @@ STAMP  := $(VENV)/.installed
 PYTHON_BASE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 $$HOME/.pyenv/versions/3.12*/bin/python3 python3; do \
   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: venv demo test test-fast bench lint typecheck clean
+.PHONY: containment-tools browser-tools venv demo test test-fast bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON_BASE)" ]; then echo "capgate needs Python >= 3.12 (mitmproxy 12); none found on PATH or under ~/.pyenv" >&2; exit 2; fi
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
-	@# capgate exec contains the agent with bubblewrap (Debian's bubblewrap package).
+	@touch $(STAMP)
+
+# capgate exec contains the agent with bubblewrap (Debian's bubblewrap package); checked on
+# every run (cheap), installed when missing and we are root with apt-get.
+containment-tools:
 	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q bubblewrap >/dev/null || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }); } || \
 	  echo "bubblewrap not installed: capgate exec needs it (or --no-contain)" >&2
-	@# Node's fetch through the proxy: undici for capgate's preload (proxy/contain/node).
+
+# Node's fetch through the proxy: undici for capgate's preload, from the npm registry.
+NODE_DEPS := proxy/contain/node/node_modules/.package-lock.json
+$(NODE_DEPS): proxy/contain/node/package.json proxy/contain/node/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  (cd proxy/contain/node && npm ci --no-audit --no-fund --omit=dev --loglevel=error) || \
 	  echo "npm ci failed: Node's fetch will not use the proxy under capgate exec" >&2; \
 	else echo "npm not found: Node's fetch will not use the proxy under capgate exec" >&2; fi
-	@# The console's browser tests (tests/console): Debian's Chromium driven by Playwright
-	@# (never `playwright install`), and axe-core from npm for the accessibility check.
+
+# The console's browser tests (tests/console): Debian's Chromium, driven by Playwright
+# (never `playwright install`, which downloads a browser); checked on every run, installed
+# when missing and we are root with apt-get.
+browser-tools:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q chromium >/dev/null || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }); } || \
-	  echo "chromium not installed: the console's browser tests will be skipped" >&2
+	  echo "chromium not installed: the console's browser tests need /usr/bin/chromium" >&2
+
+# axe-core from the npm registry, injected into the console's pages by the accessibility test.
+AXE_DEPS := tests/console/axe/node_modules/.package-lock.json
+$(AXE_DEPS): tests/console/axe/package.json tests/console/axe/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  (cd tests/console/axe && npm ci --no-audit --no-fund --loglevel=error) || \
 	  echo "npm ci failed: the console's accessibility test will be skipped" >&2; \
 	else echo "npm not found: the console's accessibility test will be skipped" >&2; fi
-	@touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) $(NODE_DEPS) $(AXE_DEPS) containment-tools browser-tools
 
-demo: $(STAMP)
+demo: venv
 	$(PY) examples/demo.py
 
 # Everything, slow tier included (the demo, the CLI-process e2e suites, the races).
-test: $(STAMP)
+test: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # The tier for every edit: tests not marked slow (@pytest.mark.slow: more than ~5 s).
-test-fast: $(STAMP)
+test-fast: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)

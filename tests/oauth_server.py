@@ -13,12 +13,6 @@ server also checks `kid`, `iat`, the one-hour lifetime, the `scope` claim and `s
         assert len(srv.calls) == 1 and srv.token_valid(access_token)
         srv.set_failure(503, {"error": "temporarily_unavailable"}, times=1)
 
-OpenID Connect (for console single sign-on): `openid` in the scope makes the code grant
-return an RS256 ID token (authlib's OpenIDCode extension; nonce required) with `sub`,
-`email` and `email_verified` from `srv.emails[user]`; `/.well-known/openid-configuration`
-and `/jwks` describe it (issuer: `srv.issuer`). `srv.id_token_claims` overrides claims
-for refusal tests (another `aud`, `email_verified: false`, ...).
-
 The server runs in a daemon thread (werkzeug, threaded); token-endpoint processing is
 serialised like a database transaction, so races are decided by arrival order.
 """
@@ -39,8 +33,7 @@ from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidScopeError, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7523 import JWTBearerGrant
 from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oidc.core.grants import OpenIDCode
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from joserfc.jwk import RSAKey
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -120,26 +113,12 @@ class AuthCode:
     user: str
     code_challenge: str | None
     code_challenge_method: str | None
-    nonce: str | None = None
-    auth_time: int = 0
 
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
 
     def get_scope(self) -> str:
         return self.scope
-
-    def get_nonce(self) -> str | None:
-        return self.nonce
-
-    def get_auth_time(self) -> int:
-        return self.auth_time
-
-    def get_acr(self) -> None:
-        return None
-
-    def get_amr(self) -> None:
-        return None
 
 
 @dataclass
@@ -185,9 +164,6 @@ class OAuthServer:
         self.refresh_tokens: dict[str, Token] = {}
         self.codes: dict[str, AuthCode] = {}
         self.revoked_grants: set[str] = set()
-        self.emails: dict[str, str] = {}  # user -> email claim (OpenID Connect)
-        self.id_token_claims: dict[str, Any] = {}  # claim overrides for refusal tests
-        self.signing_key = RSAKey.generate_key(2048, parameters={"kid": "test-oidc-1"})
         self._failure: _Failure | None = None
         self._lock = threading.RLock()
         self._app = self._build_app()
@@ -197,7 +173,6 @@ class OAuthServer:
         self.base_url = f"http://127.0.0.1:{self._server.server_port}"
         self.token_url = f"{self.base_url}/token"
         self.authorize_url = f"{self.base_url}/authorize"
-        self.issuer = self.base_url
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -327,9 +302,7 @@ class OAuthServer:
                 lambda client, grant_type: srv.expires_in,
             ),
         )
-        server.register_grant(
-            _make_code_grant(self), [CodeChallenge(required=True), _make_openid(self)]
-        )
+        server.register_grant(_make_code_grant(self), [CodeChallenge(required=True)])
         server.register_grant(_make_refresh_grant(self))
         server.register_grant(_ClientCredentialsGrant)
         server.register_grant(_make_jwt_grant(self))
@@ -359,25 +332,6 @@ class OAuthServer:
                 response = server.create_token_response()
             call.status = response.status_code
             return response
-
-        @app.get("/.well-known/openid-configuration")
-        def discovery() -> Response:
-            return jsonify(
-                {
-                    "issuer": srv.issuer,
-                    "authorization_endpoint": srv.authorize_url,
-                    "token_endpoint": srv.token_url,
-                    "jwks_uri": f"{srv.base_url}/jwks",
-                    "response_types_supported": ["code"],
-                    "subject_types_supported": ["public"],
-                    "id_token_signing_alg_values_supported": ["RS256"],
-                    "code_challenge_methods_supported": ["S256"],
-                }
-            )
-
-        @app.get("/jwks")
-        def jwks() -> Response:
-            return jsonify({"keys": [srv.signing_key.as_dict(private=False)]})
 
         @app.get("/authorize")
         def authorize() -> Response:
@@ -436,8 +390,6 @@ def _make_code_grant(srv: OAuthServer) -> type:
                 req.user,
                 data.get("code_challenge"),
                 data.get("code_challenge_method"),
-                data.get("nonce"),
-                int(time.time()),
             )
 
         def query_authorization_code(self, code: str, client: Client) -> AuthCode | None:
@@ -451,35 +403,6 @@ def _make_code_grant(srv: OAuthServer) -> type:
             return authorization_code.user
 
     return CodeGrant
-
-
-def _make_openid(srv: OAuthServer) -> OpenIDCode:
-    class OpenID(OpenIDCode):
-        def exists_nonce(self, nonce: str, req: Any) -> bool:
-            return any(code.nonce == nonce for code in srv.codes.values())
-
-        def resolve_client_private_key(self, client: Client) -> RSAKey:
-            return srv.signing_key
-
-        def get_client_algorithm(self, client: Client) -> str:
-            return "RS256"
-
-        def get_client_claims(self, client: Client) -> dict[str, Any]:
-            return {"iss": srv.issuer, "aud": [client.client_id], "exp": int(time.time()) + 300}
-
-        def get_encode_header(self, client: Client) -> dict[str, str]:
-            return {"alg": "RS256", "kid": "test-oidc-1"}
-
-        def generate_user_info(self, user: str, scope: str) -> dict[str, Any]:
-            # applied last by authlib: the overrides win over every claim it set before
-            info: dict[str, Any] = {"sub": user}
-            if "email" in scope.split() and user in srv.emails:
-                info["email"] = srv.emails[user]
-                info["email_verified"] = True
-            info.update(srv.id_token_claims)
-            return info
-
-    return OpenID(require_nonce=True)
 
 
 def _make_refresh_grant(srv: OAuthServer) -> type:

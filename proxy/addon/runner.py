@@ -111,6 +111,7 @@ class ProxySettings:
     listen_port: int = 8080
     upstream_cas: tuple[Path, ...] = ()
     body_limit: str = "10m"
+    audit_fail_closed: bool = False
     extra_addons: tuple[Any, ...] = field(default=(), compare=False)
 
 
@@ -145,6 +146,7 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
         connection_strategy="lazy",
         capgate_caps=str(settings.caps_path),
         capgate_body_limit=settings.body_limit,
+        capgate_audit_fail_closed=settings.audit_fail_closed,
     )
     return m
 

@@ -1,26 +1,19 @@
-"""Proxy commands: `capgate proxy`, `capgate ca`, `capgate decisions` (`exec` and `env`
-live in agent.py)."""
+"""Proxy commands: `capgate proxy`, `capgate ca` (`exec` and `env` live in agent.py,
+`decisions` in decisions.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import socket
-import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
-from capgate.broker.store import ABSENT_ORG
-from capgate.broker.stores import Stores
 
 if TYPE_CHECKING:
     from capgate.caps import CapsConfig
@@ -66,10 +59,10 @@ def check_caps(path: Path) -> CapsConfig:
         raise  # unreachable: _fail raises
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint="--listen")
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint=flag)
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -115,10 +108,29 @@ def open_broker(home: Path):  # -> Broker
     default=None,
     help="Write every request handled as a replay fixture into DIR (values as placeholders).",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    help="HOST:PORT to serve Prometheus /metrics on (e.g. 127.0.0.1:9464); off by default.",
+)
+@click.option(
+    "--audit-fail-closed",
+    is_flag=True,
+    help="Refuse requests (503) while policy decisions cannot be written to the store.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never values).")
 @click.pass_context
 def proxy_command(
-    ctx, caps_path, listen, upstream_cas, body_limit, access_log, record_dir, verbose
+    ctx,
+    caps_path,
+    listen,
+    upstream_cas,
+    body_limit,
+    access_log,
+    record_dir,
+    metrics_listen,
+    audit_fail_closed,
+    verbose,
 ) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
     from ..addon.runner import ProxySettings, ca_cert_path, configure_logging, serve
@@ -128,6 +140,7 @@ def proxy_command(
     check_caps(caps_path)
     host, port = _parse_listen(listen)
     check_port_free(host, port)
+    metrics_addr = _parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None
     if host not in LOOPBACK:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
@@ -139,6 +152,7 @@ def proxy_command(
         listen_port=port,
         upstream_cas=tuple(upstream_cas),
         body_limit=body_limit,
+        audit_fail_closed=audit_fail_closed,
         extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
     try:
@@ -146,10 +160,25 @@ def proxy_command(
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
     logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    if metrics_addr is not None:
+        _serve_metrics(*metrics_addr)
     try:
         asyncio.run(serve(settings, broker))
     except (RuntimeError, OSError, ValueError) as exc:
         _fail(str(exc), 1)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    from capgate.broker.metrics import serve_metrics
+
+    if host not in LOOPBACK:
+        logger.warning("metrics on %s: reachable beyond this machine, without auth", host)
+    try:
+        server, _thread = serve_metrics(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen for metrics on {host}:{port}: {exc.strerror}", 1)
+    bound_host, bound_port = server.server_address[:2]  # type: ignore[attr-defined]
+    logger.info("metrics on http://%s:%d/metrics", bound_host, bound_port)
 
 
 @click.command("ca")
@@ -171,78 +200,6 @@ def ca_command(ctx, bundle) -> None:
     click.echo(str(client_trust_bundle(home) if bundle else ca_cert_path(home)))
 
 
-def _row_line(stored: StoredDecision) -> str:
-    d = stored.decision
-    at = datetime.fromtimestamp(d.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    outcome = d.decision + (f"/{d.reason}" if d.reason else "")
-    status = str(d.upstream_status) if d.upstream_status is not None else "-"
-    duration = f"{d.duration_ms:.0f}ms" if d.duration_ms is not None else "-"
-    extra = []
-    if d.transforms_failed:
-        extra.append("failed=" + ",".join(f"{k}:{v}" for k, v in d.transforms_failed.items()))
-    if d.auth_failures:
-        extra.append("auth=" + ",".join(f"{k}:{v}" for k, v in d.auth_failures.items()))
-    return "  ".join(
-        [
-            at,
-            f"{outcome:<24}",
-            f"{d.method:<7}",
-            f"{d.host}:{d.port}{d.path}",
-            status,
-            duration,
-            d.capability or "-",
-            d.workspace_id or "-",
-            *extra,
-        ]
-    )
-
-
-@click.command("decisions")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--follow", is_flag=True, help="Keep printing new decisions.")
-@click.option("--workspace", "workspace_id", default=None)
-@click.option(
-    "--limit",
-    default=50,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="How many recent rows (0: none; with --follow, only new ones).",
-)
-@click.option("--all-orgs", is_flag=True, help="Every org, and requests without a token.")
-@click.pass_context
-def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None:
-    """Recent policy decisions (one per request), oldest first."""
-    try:
-        stores = Stores.open(Home(ctx.obj.home))
-        # A read: an org never created has no rows (and is not created here).
-        org_id = None if all_orgs else (stores.control.find_org_id(ctx.obj.org) or ABSENT_ORG)
-    except CapgateError as exc:
-        _fail(str(exc), exc.exit_code)
-    ctx.call_on_close(stores.close)
-    rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=limit)
-    if rows:
-        last = rows[-1].id
-    else:  # --limit 0 (or nothing yet): follow from the newest row, not from the start
-        newest = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=1)
-        last = newest[-1].id if newest else 0
-    _print_rows(rows, as_json)
-    while follow:
-        try:
-            time.sleep(0.5)
-        except KeyboardInterrupt:
-            return
-        rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, since_id=last)
-        if rows:
-            last = rows[-1].id
-            _print_rows(rows, as_json)
-
-
-def _print_rows(rows: list[StoredDecision], as_json: bool) -> None:
-    for row in rows:
-        click.echo(json.dumps(row.to_json(), sort_keys=True) if as_json else _row_line(row))
-    sys.stdout.flush()
-
-
 def register(main: click.Group) -> None:
-    for command in (proxy_command, ca_command, decisions_command):
+    for command in (proxy_command, ca_command):
         main.add_command(command)

@@ -20,7 +20,9 @@ import click
 from capgate.broker.apikeys import parse_duration
 from capgate.broker.home import Home, replace_file
 from capgate.broker.oauth import Endpoints
+from capgate.broker.oidc import check_issuer
 from capgate.broker.verify import load_verify_overrides
+from capgate.caps import CapsError, load_caps
 
 from .support import (
     _actor,
@@ -86,7 +88,22 @@ def serve(
 ) -> None:
     """Run the control plane: JSON API, console, OAuth callback, /healthz, /metrics."""
     host, port = _parse_listen(listen)
-    oidc = _oidc_settings(oidc_issuer, oidc_client_id, oidc_client_secret_file)
+    oidc = None
+    if oidc_issuer or oidc_client_id or oidc_client_secret_file:
+        if not (oidc_issuer and oidc_client_id):
+            _fail("single sign-on needs --oidc-issuer and --oidc-client-id", 2)
+        assert oidc_issuer is not None
+        check_issuer(oidc_issuer)
+        if oidc_client_secret_file is not None and not oidc_client_secret_file.is_file():
+            _fail(f"cannot read {oidc_client_secret_file}", 2)
+        oidc = {
+            "issuer": oidc_issuer,
+            "client_id": oidc_client_id,
+            # the path travels, never the secret (a process's environment is readable)
+            "client_secret_file": str(oidc_client_secret_file.resolve())
+            if oidc_client_secret_file
+            else None,
+        }
     if public_url is not None:
         parts = urlsplit(public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
@@ -98,6 +115,13 @@ def serve(
             "--public-url https://... (the TLS terminator's URL), or --insecure-public",
             2,
         )
+    for caps_file in caps_files:  # the roles shown must come from files the proxies can run
+        try:
+            load_caps(caps_file)
+        except CapsError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            _fail(f"{caps_file} is not a valid caps file", 1)
     home = Home(ctx.obj.home)
     home.require_initialized()
     announce_overrides(Endpoints.from_env(), load_verify_overrides())  # also validates them
@@ -123,6 +147,7 @@ def serve(
             "home": str(home.root),
             "public_url": base,
             "caps_files": [str(p.resolve()) for p in caps_files],
+            "org": ctx.obj.org,
             "oidc": oidc,
         }
     )
@@ -141,37 +166,6 @@ def serve(
     click.echo(f"capgate serve: listening on http://{shown}:{bound}", err=True)
     click.echo(f"capgate serve: public URL {base}", err=True)
     server.run(sockets=[sock])
-
-
-def _oidc_settings(
-    issuer: str | None, client_id: str | None, secret_file: Path | None
-) -> dict[str, str] | None:
-    """Console single sign-on: all three --oidc-* options or none. The issuer is https
-    (http only on loopback, for tests); the secret file must be readable and non-empty
-    (its path, not the secret, is handed to the server)."""
-    given = [issuer, client_id, secret_file]
-    if not any(given):
-        return None
-    if not all(given):
-        _fail("--oidc-issuer, --oidc-client-id and --oidc-client-secret-file go together", 2)
-    assert issuer is not None and client_id is not None and secret_file is not None
-    parts = urlsplit(issuer)
-    loopback = parts.hostname is not None and _is_loopback(parts.hostname)
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        _fail("--oidc-issuer must be an https URL (http only on a loopback address)", 2)
-    if parts.query or parts.fragment or not parts.netloc:
-        _fail("--oidc-issuer must be the issuer URL, without a query", 2)
-    try:
-        secret = secret_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        _fail(f"cannot read --oidc-client-secret-file {secret_file}", 2)
-    if not secret:
-        _fail("--oidc-client-secret-file is empty", 2)
-    return {
-        "issuer": issuer,
-        "client_id": client_id,
-        "client_secret_file": str(secret_file.resolve()),
-    }
 
 
 def _configure_logging() -> None:

@@ -19,12 +19,12 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from capgate.broker.oauth import Endpoints
+from capgate.broker.oidc import OidcLogin
 from capgate.broker.stores import Stores
 from capgate.broker.verify import Verifier
 
 from . import errors
 from .api import router as api_router
-from .console import OidcSettings, install_sso
 from .console import router as console_router
 from .context import CapsFiles, ServerContext
 from .middleware import Guard
@@ -41,21 +41,20 @@ def app_from_settings() -> FastAPI:
     """The app `capgate serve` runs: settings from CAPGATE_SERVE_SETTINGS (a JSON object
     with `home`, `public_url`, `caps_files`); provider overrides from the environment."""
     settings = json.loads(os.environ[SETTINGS_ENV])
+    oidc = None
+    if settings.get("oidc"):
+        config = settings["oidc"]
+        secret = None
+        if config.get("client_secret_file"):
+            secret = Path(config["client_secret_file"]).read_text().strip() or None
+        oidc = OidcLogin(config["issuer"], config["client_id"], secret)
     return create_app(
         Path(settings["home"]),
         public_url=settings["public_url"],
         caps_files=[Path(p) for p in settings.get("caps_files", [])],
-        oidc=_oidc_settings(settings.get("oidc")),
+        org=settings.get("org", "default"),
+        oidc=oidc,
     )
-
-
-def _oidc_settings(raw: Any) -> OidcSettings | None:
-    """`oidc` of the settings: issuer, client id and the client secret's file (read here,
-    so the secret never travels in the environment)."""
-    if not raw:
-        return None
-    secret = Path(raw["client_secret_file"]).read_text(encoding="utf-8").strip()
-    return OidcSettings(raw["issuer"], raw["client_id"], secret)
 
 
 def create_app(
@@ -66,7 +65,8 @@ def create_app(
     endpoints: Endpoints | None = None,
     max_body: int = MAX_BODY,
     verify_overrides: Mapping[str, str] | None = None,
-    oidc: OidcSettings | None = None,
+    org: str = "default",
+    oidc: OidcLogin | None = None,
 ) -> FastAPI:
     """The app for one home; `home` may be opened Stores (the caller then closes them)."""
     owned = not isinstance(home, Stores)
@@ -79,6 +79,8 @@ def create_app(
         endpoints=endpoints,
         verifier=Verifier(stores, endpoints, verify_overrides),
         max_body=max_body,
+        org=org,
+        oidc=oidc,
     )
     app = FastAPI(
         title="capgate control plane",
@@ -95,7 +97,6 @@ def create_app(
     _mount_metrics(app)
     # The console (issue 15) owns its pages: included last, so API paths win.
     app.include_router(console_router)
-    install_sso(app, oidc, ctx.public_url)
     app.add_middleware(Guard, max_body=max_body)
     if owned:
         app.router.on_shutdown.append(stores.close)

@@ -24,7 +24,7 @@ class _TooLarge(Exception):
 
 
 def redact_path(path: str) -> str:
-    if path.startswith("/login/"):
+    if path.startswith("/login/") and not path.startswith("/login/oidc"):
         return "/login/…"
     return path[:200]
 

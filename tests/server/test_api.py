@@ -242,8 +242,9 @@ def test_row_decisions_and_audit(world: World) -> None:
 
 def test_illegal_pair_is_422_with_fields_and_the_vault_is_untouched(world: World) -> None:
     stores = (world.home.root / "vault.db", world.home.root / "control.db")
-    before = file_bytes(*stores)
     with world.op() as op:
+        op.get("/v1/me")  # the key's last_used_at is written now, not during the check
+        before = file_bytes(*stores)
         reply = op.post(
             "/v1/credentials",
             json={
@@ -273,9 +274,22 @@ def test_illegal_pair_is_422_with_fields_and_the_vault_is_untouched(world: World
             json={"name": "no spaces", "provider": "openai", "kind": "api_key", "value": GITHUB},
         )
         assert bad_name.status_code == 422
+        bad_scope = op.post(
+            "/v1/credentials",
+            json={
+                "name": "bad",
+                "provider": "microsoft",
+                "kind": "oauth2_client_credentials",
+                "config": {"client_id": "c", "tenant_id": "t"},
+                "scopes": ["two words"],
+                "value": GITHUB,
+            },
+        )
+        assert bad_scope.status_code == 422
+        assert bad_scope.json()["fields"][0]["field"] == "scopes"
         for answer in (reply, unknown, bad_name):
             assert GITHUB not in answer.text
-    assert file_bytes(*stores) == before
+        assert file_bytes(*stores) == before
 
 
 def test_other_orgs_ids_read_like_missing_ones(world: World) -> None:
@@ -382,6 +396,12 @@ def test_health_openapi_and_metrics(world: World) -> None:
         assert "/v1/credentials/{credential_id}/oauth/start" in spec["paths"]
         metrics = anon.get("/metrics")
         assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+        for name in (
+            "capgate_requests_total",
+            "capgate_mints_total",
+            "capgate_decision_queue_depth",
+        ):
+            assert f"# TYPE {name.removesuffix('_total')}" in metrics.text  # the same registry
         root = anon.get("/", follow_redirects=False)
         assert root.status_code in (302, 303, 307) and root.headers["location"] == "/credentials"
 

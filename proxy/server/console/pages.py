@@ -204,7 +204,7 @@ def _sign_in_page(request: Request) -> Response:
         "signin.html",
         caller=None,
         status=401,
-        sso=getattr(request.app.state, "capgate_oidc", None) is not None,
+        sso=ctx.oidc is not None,
         form_origins=form_origins(ctx),
     )
 
