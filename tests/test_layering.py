@@ -2,10 +2,9 @@
 
 caps imports neither broker nor proxy nor mitmproxy; broker imports neither proxy nor
 mitmproxy; inside proxy/: addon imports no other subpackage, replay may import addon, cli
-and server do not import each other (and, as ARCHITECTURE.md adds, contain imports no
-other subpackage). Every import counts: at module level, inside a
-function, under `if TYPE_CHECKING:`, relative or absolute, and `importlib.import_module`
-with a literal name.
+and server do not import each other; contain imports nothing of capgate (ARCHITECTURE.md).
+Every import counts: at module level, inside a function, under `if TYPE_CHECKING:`,
+relative or absolute, and `importlib.import_module` with a literal name.
 """
 
 from __future__ import annotations

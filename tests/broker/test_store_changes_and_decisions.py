@@ -52,14 +52,11 @@ def test_generation_moves_after_a_change_in_this_process(stores, org):
 
 
 def test_generation_is_cheap(stores):
-    stores.changes.generation()
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        stores.changes.generation()
-    per_call_us = (time.perf_counter() - start) / n * 1e6
-    print(f"generation(): {per_call_us:.2f} us per call")
-    assert per_call_us < 50
+    """generation() is a local read: no write, no new connection (its cost is measured by
+    `make bench`, not asserted here: no timing thresholds in the pass/fail suite)."""
+    before = stores.changes.generation()
+    for _ in range(1_000):
+        assert stores.changes.generation() == before
 
 
 def decision(i: int, org_id: str, workspace_id: str = "ws_1") -> PolicyDecision:

@@ -24,13 +24,14 @@ from tests.broker.conftest import Cli
 from tests.evidence.conftest import ORG, decision
 
 
-def _write_decisions(root: str, org: str, start: int, count: int, go=None) -> None:
+def _write_decisions(root: str, org: str, start: int, count: int, ready=None, go=None) -> None:
     """Rows at a steady trickle (so the writer flushes many small batches), audit events
-    in between; `go`: a shared event both processes wait on, so they really overlap."""
+    in between; `ready`/`go`: a handshake so that both processes really write at once."""
     stores = Stores.open(root)
     org_id = stores.control.org_id(org, create=True)
     writer = DecisionWriter(stores.home.control_db)
-    if go is not None:
+    if ready is not None and go is not None:
+        ready.set()
         go.wait(60)
     for i in range(start, start + count):
         writer.record(decision(i, org_id))
@@ -38,7 +39,7 @@ def _write_decisions(root: str, org: str, start: int, count: int, go=None) -> No
             writer.record(decision(i, None, None))  # a failed proxy auth: no org
         if i % 50 == 0:
             stores.secrets.set(org_id, f"s-{i}", SecretValue("v"))  # an audit event
-        if i % 20 == 0:
+        if i % 10 == 0:
             time.sleep(0.02)
     writer.close()
     stores.close()
@@ -57,10 +58,10 @@ def written_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Stores.open(Home(root)).close()
     Stores.open(Home(root)).control.org_id(ORG, create=True)
     ctx = multiprocessing.get_context("spawn")
-    go = ctx.Event()
-    child = ctx.Process(target=_write_decisions, args=(str(root), ORG, 10_000, 600, go))
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_write_decisions, args=(str(root), ORG, 10_000, 600, ready, go))
     child.start()
-    time.sleep(1.0)  # the child is importing capgate; both then start on `go`
+    assert ready.wait(60)  # the child has imported capgate and opened the store
     go.set()
     _write_decisions(str(root), ORG, 0, 600)
     child.join(120)
