@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.server.conftest import make_home
@@ -94,3 +95,26 @@ def test_without_oidc_the_sign_in_page_offers_only_links(browser, tmp_path: Path
     finally:
         context.close()
         served.stop()
+
+
+def test_a_callback_carried_to_another_browser_is_refused(sso: Sso) -> None:
+    """Login CSRF: a callback URL someone else obtained (their account, their code) does
+    not sign in the browser they send it to; the browser that started it still can."""
+    sso.provider.email, sso.provider.email_verified = "bob@example.com", True
+    base = sso.serve.base
+    with (
+        httpx.Client(base_url=base, timeout=30, follow_redirects=False) as starter,
+        httpx.Client(base_url=base, timeout=30, follow_redirects=False) as victim,
+    ):
+        start = starter.get("/login/oidc")
+        binding = start.headers["set-cookie"].lower()
+        assert "capgate_oidc=" in binding and "httponly" in binding and "samesite=lax" in binding
+        granted = httpx.get(start.headers["location"], follow_redirects=False)
+        path = granted.headers["location"].removeprefix(base)
+        calls = len(sso.provider.token_calls)
+        carried = victim.get(path)
+        assert carried.status_code == 403 and "set-cookie" not in carried.headers
+        assert victim.get("/v1/me").status_code == 401
+        assert len(sso.provider.token_calls) == calls  # refused before any exchange
+        done = starter.get(path)
+        assert done.status_code == 303 and starter.get("/v1/me").json()["user"] == "bob"
