@@ -36,7 +36,9 @@ from .connections import ConnectionGuard
 from .deadlines import UpstreamDeadlines
 from .flowstate import finish, get_state
 from .hooks import CapgateAddon
+from .limits import install_limits
 from .responses import install_error_pages
+from .upstream import UpstreamIdentity
 
 logger = logging.getLogger("capgate.proxy")
 
@@ -136,6 +138,7 @@ async def build_master(
     """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
     quiet_libraries()
     install_error_pages()
+    install_limits()
     ca_cert_path(settings.home)
     trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
     m = master.Master(options.Options(), with_termlog=False)
@@ -145,6 +148,7 @@ async def build_master(
         core.Core(),
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
+        UpstreamIdentity(),  # before tlsconfig and any address-rewriting addon
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
         *settings.extra_addons,
