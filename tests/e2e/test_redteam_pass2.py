@@ -795,3 +795,22 @@ def test_http2_request_trailers_never_reach_an_http2_upstream(
     time.sleep(0.3)
     assert h2_upstream.requests
     assert all("agent-own" not in repr(t) for t in h2_upstream.trailers)
+
+
+def test_an_upstream_response_head_without_end_is_not_buffered_without_bound(
+    raw_proxy, memory_world, raw_upstream
+):
+    """The upstream sends 300 KB of one header and keeps the connection open: capgate
+    answers 502 while the upstream still holds it (it used to wait for the upstream,
+    buffering all it sent), and the client's read does not time out."""
+    raw_upstream.respond = lambda raw: b"HTTP/1.1 200 OK\r\nX-Fill: " + b"a" * 300_000
+    raw_upstream.linger = 30.0  # far beyond the client's 10 s timeout
+    reply = via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        path="/repos/x",
+        ca=str(raw_proxy.ca),
+    )
+    assert reply.status == 502
+    _no_canary(reply.body)
