@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import threading
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -306,26 +308,42 @@ async def mint_token(
 
 @asynccontextmanager
 async def hold(lock: AbstractContextManager[None]) -> AsyncIterator[None]:
-    """Hold a blocking lock from async code, acquiring it in a worker thread.
+    """Hold a blocking lock from async code, waiting for it in a thread of its own.
 
-    If the waiting task is cancelled, the lock is released as soon as the thread gets it,
-    so a cancelled request can never leave a credential locked.
+    Not in the loop's default executor: with many requests minting one credential at
+    once (a TTL of 0, or several workers), waiters would fill the executor and the holder
+    could never run the `to_thread` calls it needs before releasing (a deadlock). If the
+    waiting task is cancelled, the lock is released as soon as the thread gets it, so a
+    cancelled request can never leave a credential locked.
     """
-    acquiring = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
-    try:
-        await asyncio.shield(acquiring)
-    except asyncio.CancelledError:
-        acquiring.add_done_callback(_releaser(lock))
-        raise
+    loop = asyncio.get_running_loop()
+    acquired: asyncio.Future[None] = loop.create_future()
+
+    def on_acquired() -> None:  # on the loop's thread, so no race with cancellation
+        if acquired.cancelled():
+            lock.__exit__(None, None, None)
+        else:
+            acquired.set_result(None)
+
+    def on_failed(exc: BaseException) -> None:
+        if not acquired.cancelled():
+            acquired.set_exception(exc)
+
+    def acquire() -> None:
+        try:
+            lock.__enter__()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(on_failed, exc)
+            return
+        try:
+            loop.call_soon_threadsafe(on_acquired)
+        except RuntimeError:  # the loop closed while we waited: nobody will release it
+            lock.__exit__(None, None, None)
+
+    threading.Thread(target=acquire, name="capgate-credential-lock", daemon=True).start()
+    await acquired
     try:
         yield
     finally:
         lock.__exit__(None, None, None)
-
-
-def _releaser(lock: AbstractContextManager[None]) -> Callable[[asyncio.Future], None]:
-    def release(fut: asyncio.Future) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            lock.__exit__(None, None, None)
-
-    return release

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import certifi
 from mitmproxy import certs, master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+from mitmproxy.proxy import mode_servers
 
 from .broker_port import BrokerPort
 from .hooks import CapgateAddon
@@ -87,18 +90,51 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def configure_logging(verbose: bool = False, access_log: bool = True) -> None:
-    """capgate owns logging: one stderr handler; libraries at WARNING; no root DEBUG."""
+def configure_logging(
+    verbose: bool = False, access_log: bool = True, worker: int | None = None
+) -> None:
+    """capgate owns logging: one stderr handler; libraries at WARNING; no root DEBUG.
+
+    A worker of `--workers N` tags its lines `[worker I pid P]`, so the shared stderr
+    says which process handled what.
+    """
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     quiet_libraries()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    tag = "" if worker is None else f"[worker {worker} pid {os.getpid()}]"
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"))
     capgate = logging.getLogger("capgate")
     capgate.handlers[:] = [handler]
     capgate.propagate = False
     capgate.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("capgate.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+# --- the SO_REUSEPORT seam ------------------------------------------------------------
+#
+# `capgate proxy --workers N` runs N processes that each listen on the same port; the
+# kernel spreads new connections over them. mitmproxy opens its own listening socket
+# (`AsyncioServerInstance.listen` calls `asyncio.start_server(handler, host, port)`, with
+# no way to pass options or a socket), so the one seam is to replace `listen` on the
+# regular-mode server class with a version that passes `reuse_port=True`, and only for
+# the Proxyserver addons registered below (`build_master(..., reuse_port=True)`); every
+# other master in the process (tests, `capgate exec`) keeps mitmproxy's own `listen`.
+# The kernel only lets sockets of the same effective user join a SO_REUSEPORT group, so
+# another local user cannot bind the port to steal connections.
+_REUSE_PORT_SERVERS: weakref.WeakSet[Any] = weakref.WeakSet()
+_stock_listen = mode_servers.RegularInstance.listen
+
+
+async def _listen(self: Any, host: str, port: int) -> list[Any]:
+    if self.manager in _REUSE_PORT_SERVERS and self.mode.transport_protocol == "tcp":
+        if not port:
+            raise OSError("a SO_REUSEPORT listener needs a concrete port")
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+    return await _stock_listen(self, host, port)
+
+
+mode_servers.RegularInstance.listen = _listen  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -109,6 +145,7 @@ class ProxySettings:
     listen_port: int = 8080
     upstream_cas: tuple[Path, ...] = ()
     body_limit: str = "10m"
+    reuse_port: bool = False  # join a SO_REUSEPORT group on listen_port (a worker)
     extra_addons: tuple[Any, ...] = field(default=(), compare=False)
 
 
@@ -119,9 +156,12 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
     trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
     m = master.Master(options.Options(), with_termlog=False)
     addon = CapgateAddon(broker)
+    server = proxyserver.Proxyserver()
+    if settings.reuse_port:
+        _REUSE_PORT_SERVERS.add(server)
     m.addons.add(
         core.Core(),
-        proxyserver.Proxyserver(),
+        server,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
@@ -146,8 +186,13 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
     return m
 
 
-async def serve(settings: ProxySettings, broker: BrokerPort) -> None:
-    """Run until SIGINT/SIGTERM; pending policy decisions are flushed on the way out."""
+async def serve(
+    settings: ProxySettings, broker: BrokerPort, on_listening: Callable[[], None] | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM; pending policy decisions are flushed on the way out.
+
+    `on_listening` is called once the socket listens (a worker tells its supervisor).
+    """
     m = await build_master(settings, broker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,7 +206,10 @@ async def serve(settings: ProxySettings, broker: BrokerPort) -> None:
             await asyncio.sleep(0.01)
         if ps.listen_addrs():
             host, port, *_ = ps.listen_addrs()[0]
-            logger.info("listening on %s:%d", host, port)
+            if on_listening is None:
+                logger.info("listening on %s:%d", host, port)
+            else:  # a worker: its supervisor announces the port once all listen
+                on_listening()
         await run
     finally:
         broker.close()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from ..addon.runner import (
     serve,
 )
 from ..replay.record import record_addons
+from .workers import Supervisor, reserve_port
 
 logger = logging.getLogger("capgate.proxy")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -102,19 +104,42 @@ def _open_broker(home: Path):  # -> Broker
     default=None,
     help="Write every request handled as a replay fixture into DIR (values as placeholders).",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Proxy processes sharing the listening port (SO_REUSEPORT) and the home.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never values).")
+# Set by the supervisor of `--workers N` on the processes it starts; not for users.
+@click.option("--worker-index", type=int, default=None, hidden=True)
+@click.option("--ready-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def proxy_command(
-    ctx, caps_path, listen, upstream_cas, body_limit, access_log, record_dir, verbose
+    ctx,
+    caps_path,
+    listen,
+    upstream_cas,
+    body_limit,
+    access_log,
+    record_dir,
+    workers,
+    verbose,
+    worker_index,
+    ready_fd,
 ) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
-    configure_logging(verbose=verbose, access_log=access_log)
+    configure_logging(verbose=verbose, access_log=access_log, worker=worker_index)
     _check_caps(caps_path)
     host, port = _parse_listen(listen)
-    if host not in LOOPBACK:
+    if host not in LOOPBACK and worker_index is None:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
         )
+    if workers > 1 and worker_index is None:
+        _supervise(ctx, workers, host, port)
+        return
     settings = ProxySettings(
         home=ctx.obj.home,
         caps_path=caps_path,
@@ -122,17 +147,71 @@ def proxy_command(
         listen_port=port,
         upstream_cas=tuple(upstream_cas),
         body_limit=body_limit,
+        reuse_port=worker_index is not None,
         extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
     try:
         broker = _open_broker(ctx.obj.home)
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
-    logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    if worker_index is None:
+        logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
     try:
-        asyncio.run(serve(settings, broker))
+        asyncio.run(serve(settings, broker, _ready_signal(ready_fd)))
     except (RuntimeError, OSError, ValueError) as exc:
         _fail(str(exc), 1)
+
+
+def _ready_signal(ready_fd: int | None) -> Callable[[], None] | None:
+    """A worker tells its supervisor that it listens by writing one byte to `ready_fd`."""
+    if ready_fd is None:
+        return None
+
+    def signal_ready() -> None:
+        try:
+            os.write(ready_fd, b"R")
+        finally:
+            os.close(ready_fd)
+
+    return signal_ready
+
+
+def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
+    """`--workers N`: reserve the port, run N copies of this command as workers."""
+    try:
+        Stores.open(Home(ctx.obj.home)).close()  # migrate once, and fail here, not N times
+        reserved = reserve_port(host, port)
+    except CapgateError as exc:
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1)
+    port = reserved.getsockname()[1]
+    # The worker's argv: this invocation's own options, minus --listen/--workers.
+    params = {k: v for k, v in ctx.params.items() if k not in ("listen", "workers")}
+    base = [sys.executable, "-m", "capgate.proxy", "--home", str(ctx.obj.home)]
+    base += ["--org", ctx.obj.org, "proxy", "--caps", str(params["caps_path"])]
+    for ca in params["upstream_cas"]:
+        base += ["--upstream-ca", str(ca)]
+    base += ["--body-limit", params["body_limit"], "--listen", f"{host}:{port}"]
+    base.append("--access-log" if params["access_log"] else "--no-access-log")
+    if params["record_dir"] is not None:
+        base += ["--record", str(params["record_dir"])]
+    if params["verbose"]:
+        base.append("-v")
+    logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    supervisor = Supervisor(
+        count, lambda index, fd: [*base, "--worker-index", str(index), "--ready-fd", str(fd)]
+    )
+
+    def announce() -> None:
+        logger.info("listening on %s:%d", host, port)
+
+    try:
+        code = supervisor.run(announce)
+    finally:
+        reserved.close()
+    if code:
+        _fail("the workers could not start", code)
 
 
 @click.command("ca")
