@@ -12,10 +12,13 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from .store import ControlStore, connect, immediate
+from .engine import DatabaseError
+from .store import Connection, ControlStore, connect, immediate
 from .types import PolicyDecision
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,9 @@ class DecisionWriter:
     waiting, and once more on `close`.
     """
 
-    def __init__(self, control_db: Path) -> None:
-        self._path = control_db
+    def __init__(self, control_db: Path | Callable[[], Connection]) -> None:
+        """`control_db`: the SQLite file, or how to open the writer's own connection."""
+        self._connect = control_db if callable(control_db) else partial(connect, control_db)
         self._rows: collections.deque[PolicyDecision] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
@@ -61,7 +65,7 @@ class DecisionWriter:
             self._thread.join()
 
     def _run(self) -> None:
-        conn = connect(self._path)
+        conn = self._connect()
         try:
             while not self._stopping:
                 self._wake.wait(FLUSH_INTERVAL_S)
@@ -71,18 +75,18 @@ class DecisionWriter:
         finally:
             conn.close()
 
-    def _drain(self, conn: sqlite3.Connection) -> None:
+    def _drain(self, conn: Connection) -> None:
         while self._rows:
             batch = []
             while self._rows and len(batch) < FLUSH_ROWS:
                 batch.append(self._rows.popleft())
             self._write(conn, batch)
 
-    def _write(self, conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
+    def _write(self, conn: Connection, batch: list[PolicyDecision]) -> None:
         try:
             with immediate(conn):
                 conn.executemany(_INSERT, [_params(d) for d in batch])
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             log.error("could not write %d policy decisions: %s", len(batch), exc)
 
 

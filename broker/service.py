@@ -148,7 +148,7 @@ class Broker:
         self._wires: dict[str, tuple[SecretValue, ResolvedCredential, WireCredential]] = {}
         self._fingerprints: dict[str, str] = {}  # cred id -> row fingerprint at activation
         self._cooldown: dict[str, float] = {}  # cred id -> monotonic time of the next try
-        self._decisions = DecisionWriter(stores.home.control_db)
+        self._decisions = DecisionWriter(stores.control.connect_again)
         self._generation = stores.changes.generation()
 
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .changes import ChangeWatcher
+from .changes import ChangeWatcher, PgChangeWatcher
 from .credentials import Credentials
 from .home import Home
 from .secrets import Secrets
@@ -26,7 +26,7 @@ class Stores:
     credentials: Credentials
     secrets: Secrets
     workspaces: Workspaces
-    changes: ChangeWatcher
+    changes: ChangeWatcher | PgChangeWatcher
 
     @classmethod
     def open(cls, root: Path | Home) -> Stores:
@@ -42,9 +42,10 @@ class Stores:
             credentials=Credentials(control, vault),
             secrets=Secrets(control, vault),
             workspaces=Workspaces(control),
-            changes=ChangeWatcher(control),
+            changes=ChangeWatcher.for_store(control),
         )
 
     def close(self) -> None:
+        self.changes.close()
         self.control.close()
         self.vault.close()

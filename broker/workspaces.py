@@ -11,12 +11,12 @@ import hashlib
 import hmac
 import logging
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
 
 from . import audit, changes
+from .engine import OperationalError
 from .errors import Conflict, NotFound
 from .home import now_iso
 from .store import ControlStore, check_name, new_id
@@ -245,7 +245,7 @@ class Workspaces:
                 conn.execute(
                     "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), token_id)
                 )
-        except sqlite3.OperationalError as exc:  # busy: best effort, retried next interval
+        except OperationalError as exc:  # busy: best effort, retried next interval
             log.warning("could not record agent token last use: %s", exc)
 
 

@@ -149,26 +149,25 @@ class ProxySettings:
     extra_addons: tuple[Any, ...] = field(default=(), compare=False)
 
 
-async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Master:
-    """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
-    quiet_libraries()
-    ca_cert_path(settings.home)
-    trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
-    m = master.Master(options.Options(), with_termlog=False)
-    addon = CapgateAddon(broker)
+def mitmproxy_addons(reuse_port: bool = False) -> list[Any]:
+    """The stock mitmproxy addons capgate runs on (the bench's "bare" baseline uses the
+    same list): core, proxy server, next layer, TLS, h2c refusal; nothing else."""
     server = proxyserver.Proxyserver()
-    if settings.reuse_port:
+    if reuse_port:
         _REUSE_PORT_SERVERS.add(server)
-    m.addons.add(
+    return [
         core.Core(),
         server,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
-        *settings.extra_addons,
-        addon,
-    )
-    m.options.update(
+    ]
+
+
+def mitmproxy_options(settings: ProxySettings) -> dict[str, Any]:
+    """mitmproxy's own options as capgate sets them (without capgate's addon options)."""
+    trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
+    return dict(
         mode=["regular"],
         listen_host=settings.listen_host,
         listen_port=settings.listen_port,
@@ -180,6 +179,18 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
         body_size_limit=None,
         stream_large_bodies=None,
         connection_strategy="lazy",
+    )
+
+
+async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Master:
+    """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
+    quiet_libraries()
+    ca_cert_path(settings.home)
+    m = master.Master(options.Options(), with_termlog=False)
+    addon = CapgateAddon(broker)
+    m.addons.add(*mitmproxy_addons(settings.reuse_port), *settings.extra_addons, addon)
+    m.options.update(
+        **mitmproxy_options(settings),
         capgate_caps=str(settings.caps_path),
         capgate_body_limit=settings.body_limit,
     )
