@@ -62,7 +62,7 @@ class Credentials:
             raise NotFound(f"credential id {credential_id!r} does not exist")
         return row_from_sql(rows[0])
 
-    def list(self, org_id: str, user: str | None = None) -> list[CredentialRow]:
+    def list_credentials(self, org_id: str, user: str | None = None) -> list[CredentialRow]:
         """Every row of the org (org and user rows), or only `user`'s rows."""
         if user is None:
             rows = self._store.query(SELECT + " WHERE c.org_id = ?", (org_id,))

@@ -2,7 +2,9 @@
 
 `DecisionWriter.record()` only appends to an in-memory queue; a background thread with its
 own SQLite connection writes batches (every FLUSH_INTERVAL_S or FLUSH_ROWS rows, and on
-`close()`), so the request path never waits on the disk.
+`close()`), so the request path never waits on the disk. The queue is bounded: when the
+disk cannot keep up, rows beyond MAX_QUEUED are dropped, counted (`dropped`) and reported
+by a warning the first time and then at most every DROP_WARNING_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 500
 MAX_QUEUED = 100_000
-_STOP = object()
+DROP_WARNING_INTERVAL_S = 60.0
 
 
 class DecisionWriter:
@@ -37,25 +40,61 @@ class DecisionWriter:
     waiting, and once more on `close`.
     """
 
-    def __init__(self, control_db: Path | Callable[[], Connection]) -> None:
+    def __init__(
+        self,
+        control_db: Path | Callable[[], Connection],
+        *,
+        max_queued: int = MAX_QUEUED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`control_db`: the SQLite file, or how to open the writer's own connection."""
         self._connect = control_db if callable(control_db) else partial(connect, control_db)
         self._rows: collections.deque[PolicyDecision] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
-        self.dropped = 0
+        self._max_queued = max_queued
+        self._clock = clock
+        self._dropped = 0
+        self._dropped_warned = 0  # the count at the last warning
+        self._next_warning = 0.0  # clock time before which no further warning is logged
         self._thread = threading.Thread(target=self._run, name="capgate-decisions", daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """How many rows were dropped because the queue was full, since the writer started."""
+        return self._dropped
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer thread."""
+        return len(self._rows)
+
     def record(self, decision: PolicyDecision) -> None:
-        """Queue one row; never blocks. Rows beyond MAX_QUEUED are counted and dropped."""
+        """Queue one row; never blocks. Rows beyond the queue bound are counted and dropped."""
         queued = len(self._rows)
-        if queued >= MAX_QUEUED:
-            self.dropped += 1
+        if queued >= self._max_queued:
+            self._dropped += 1
+            self._warn_dropped()
             return
         self._rows.append(decision)
         if queued + 1 == FLUSH_ROWS:
             self._wake.set()
+
+    def _warn_dropped(self) -> None:
+        """The first drop, then at most one warning per interval (counts only, no row)."""
+        now = self._clock()
+        if self._dropped_warned and now < self._next_warning:
+            return
+        self._next_warning = now + DROP_WARNING_INTERVAL_S
+        log.warning(
+            "policy decision queue full (%d rows waiting for the disk): dropped %d rows "
+            "(%d in total); the decision log is incomplete",
+            self._max_queued,
+            self._dropped - self._dropped_warned,
+            self._dropped,
+        )
+        self._dropped_warned = self._dropped
 
     def close(self) -> None:
         """Write every queued row and stop the thread."""
@@ -77,7 +116,7 @@ class DecisionWriter:
 
     def _drain(self, conn: Connection) -> None:
         while self._rows:
-            batch = []
+            batch: list[PolicyDecision] = []
             while self._rows and len(batch) < FLUSH_ROWS:
                 batch.append(self._rows.popleft())
             self._write(conn, batch)
@@ -149,7 +188,8 @@ def list_decisions(
     With `limit`, the newest `limit` rows after `since_id` (for `--follow`, pass the last
     id seen as `since_id` and no limit).
     """
-    where, params = ["1 = 1"], []
+    where: list[str] = ["1 = 1"]
+    params: list[str | int] = []
     if org_id is not None:
         where.append("org_id = ?")
         params.append(org_id)

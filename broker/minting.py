@@ -1,8 +1,8 @@
 """One small minter per credential kind: from a stored value to a WireCredential.
 
-Static kinds (api_key, basic_auth, query_api_key) render the durable value into the
-provider's wire shape. OAuth kinds obtain an access token from the provider's token
-endpoint (`token()`), which `bearer_wire` then renders. Providers are data
+Two protocols: a `StaticMinter` (api_key, basic_auth, query_api_key) renders the durable
+value into the provider's wire shape (`wire()`); an `OAuthMinter` obtains an access token
+from the provider's token endpoint (`token()`), which `bearer_wire` then renders. Providers are data
 (providers.py); nothing here branches on a provider slug.
 
 Minters reach the stores only through `DurableValues`, a blocking port the broker
@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
 
@@ -81,6 +81,24 @@ class MintEnv:
     values: DurableValues
 
 
+@runtime_checkable
+class StaticMinter(Protocol):
+    """A kind whose wire value is the stored durable value itself, rendered."""
+
+    def wire(
+        self, provider: Provider, cred: ResolvedCredential, value: SecretValue
+    ) -> WireCredential: ...
+
+
+@runtime_checkable
+class OAuthMinter(Protocol):
+    """A kind whose wire value is an access token minted from the durable value."""
+
+    async def token(
+        self, provider: Provider, cred: ResolvedCredential, env: MintEnv
+    ) -> TokenGrant: ...
+
+
 def label(cred: ResolvedCredential) -> str:
     return f"credential:{cred.name}"
 
@@ -101,10 +119,8 @@ def _render(provider: Provider, value: SecretValue, basic: str = "") -> SecretVa
     return SecretValue(provider.value_format.format(v=value.reveal(), basic=basic))
 
 
-class ApiKeyMinter:
+class ApiKeyMinter(StaticMinter):
     """`api_key`: the key in the provider's header and format, plus companion headers."""
-
-    oauth = False
 
     def wire(
         self, provider: Provider, cred: ResolvedCredential, value: SecretValue
@@ -119,10 +135,8 @@ class ApiKeyMinter:
         )
 
 
-class BasicAuthMinter:
+class BasicAuthMinter(StaticMinter):
     """`basic_auth`: `Basic base64(username:token)`, username from config or the default."""
-
-    oauth = False
 
     def wire(
         self, provider: Provider, cred: ResolvedCredential, value: SecretValue
@@ -141,10 +155,8 @@ class BasicAuthMinter:
         )
 
 
-class QueryApiKeyMinter:
+class QueryApiKeyMinter(StaticMinter):
     """`query_api_key`: the key in the provider's query parameter, plus companion params."""
-
-    oauth = False
 
     def wire(
         self, provider: Provider, cred: ResolvedCredential, value: SecretValue
@@ -173,10 +185,8 @@ async def _read(env: MintEnv, cred: ResolvedCredential) -> Durable:
     return await asyncio.to_thread(env.values.read, cred)
 
 
-class ClientCredentialsMinter:
+class ClientCredentialsMinter(OAuthMinter):
     """`oauth2_client_credentials`: client id (config) + client secret (durable value)."""
-
-    oauth = True
 
     async def token(self, provider: Provider, cred: ResolvedCredential, env: MintEnv) -> TokenGrant:
         durable = await _read(env, cred)
@@ -192,7 +202,7 @@ class ClientCredentialsMinter:
         return await request_token(env.http, env.endpoints.token_url(provider, config), form)
 
 
-class AuthorizationCodeMinter:
+class AuthorizationCodeMinter(OAuthMinter):
     """`oauth2_authorization_code`: the refresh_token grant, safe under rotation.
 
     Runs under the credential's cross-process lock (`mint_token`): re-read the refresh
@@ -200,8 +210,6 @@ class AuthorizationCodeMinter:
     token conditionally before the access token is handed out. A server that returns no
     refresh token leaves the stored one in place.
     """
-
-    oauth = True
 
     async def token(self, provider: Provider, cred: ResolvedCredential, env: MintEnv) -> TokenGrant:
         config = cred.provider_config
@@ -236,10 +244,8 @@ class AuthorizationCodeMinter:
         return grant
 
 
-class JwtBearerMinter:
+class JwtBearerMinter(OAuthMinter):
     """`oauth2_jwt_bearer[_with_subject]`: an RS256 assertion from the service-account key."""
-
-    oauth = True
 
     def __init__(self, *, with_subject: bool) -> None:
         self.with_subject = with_subject
@@ -252,12 +258,12 @@ class JwtBearerMinter:
             raise MintError(UNPARSEABLE, terminal=True)
         url = env.endpoints.token_url(provider, cred.provider_config)
         assertion = sign_assertion(account, url, cred.scopes, subject=subject)
-        form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+        form: dict[str, str | SecretValue] = {
+            "grant_type": JWT_BEARER_GRANT,
+            "assertion": assertion,
+        }
         return await request_token(env.http, url, form)
 
-
-StaticMinter = ApiKeyMinter | BasicAuthMinter | QueryApiKeyMinter
-OAuthMinter = ClientCredentialsMinter | AuthorizationCodeMinter | JwtBearerMinter
 
 MINTERS: Mapping[Kind, StaticMinter | OAuthMinter] = {
     Kind.API_KEY: ApiKeyMinter(),

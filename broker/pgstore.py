@@ -82,8 +82,16 @@ CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), generation BIGINT);
 INSERT INTO changes (id, generation) VALUES (1, 0);
 """
 
+PG_V3_WORKSPACE_LEASES = """
+ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS expires_at TEXT;
+"""
+
 # Index i upgrades schema version i to i + 1, the twin of store.MIGRATIONS[i].
-PG_MIGRATIONS: tuple[str, ...] = (PG_V1_CORE, PG_V2_DECISIONS_AND_CHANGES)
+PG_MIGRATIONS: tuple[str, ...] = (
+    PG_V1_CORE,
+    PG_V2_DECISIONS_AND_CHANGES,
+    PG_V3_WORKSPACE_LEASES,
+)
 
 VAULT_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries ("

@@ -22,14 +22,6 @@ class Kind(StrEnum):
     OAUTH2_JWT_BEARER_WITH_SUBJECT = "oauth2_jwt_bearer_with_subject"
 
 
-OAUTH_KINDS = frozenset(
-    {
-        Kind.OAUTH2_CLIENT_CREDENTIALS,
-        Kind.OAUTH2_AUTHORIZATION_CODE,
-        Kind.OAUTH2_JWT_BEARER,
-        Kind.OAUTH2_JWT_BEARER_WITH_SUBJECT,
-    }
-)
 # Only these kinds may have user-scoped rows (DESIGN.md, Org-scoped and user-scoped).
 USER_SCOPABLE_KINDS = frozenset({Kind.OAUTH2_AUTHORIZATION_CODE})
 

@@ -79,7 +79,7 @@ class Secrets:
             raise NotFound(f"secret {name!r} does not exist")
         return SecretRow(**dict(rows[0]))
 
-    def list(self, org_id: str) -> list[SecretRow]:
+    def list_secrets(self, org_id: str) -> list[SecretRow]:
         rows = self._store.query("SELECT * FROM secrets WHERE org_id = ? ORDER BY name", (org_id,))
         return [SecretRow(**dict(r)) for r in rows]
 

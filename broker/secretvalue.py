@@ -15,6 +15,7 @@ class SecretValue:
     """An immutable secret string whose printable forms are `[REDACTED]`."""
 
     __slots__ = ("_value",)
+    _value: str
 
     def __init__(self, value: str | bytes) -> None:
         if isinstance(value, bytes):

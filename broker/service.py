@@ -27,7 +27,7 @@ from .credential_rows import ACTIVE, NEEDS_REAUTH
 from .decisions import DecisionWriter
 from .errors import FieldError, InvalidInput, NotFound, VaultError
 from .home import Home
-from .minting import Durable, MintEnv, bearer_wire, mint_token, minter_for
+from .minting import Durable, MintEnv, StaticMinter, bearer_wire, mint_token, minter_for
 from .oauth import DEFAULT_TIMEOUT, UNPARSEABLE, Endpoints, MintError
 from .providers import Kind
 from .resolution import resolve_names
@@ -214,7 +214,7 @@ class Broker:
             return unavailable(credential_name, cred.status)
         try:
             provider, minter = minter_for(cred)
-            if not minter.oauth:
+            if isinstance(minter, StaticMinter):
                 value = self._static.get(cred.id)
                 if value is None:
                     value = await self._read_static(cred)
@@ -254,13 +254,17 @@ class Broker:
     def record_decision(self, decision: PolicyDecision) -> None:
         self._decisions.record(decision)
 
+    def dropped_decisions(self) -> int:
+        """policy_decision rows dropped so far because the writer's queue was full."""
+        return self._decisions.dropped
+
     def close(self) -> None:
         """Flush policy decisions, close HTTP clients and the stores."""
         self._decisions.close()
         for loop, client in list(self._clients.items()):
             with contextlib.suppress(RuntimeError):
                 if loop.is_running():
-                    loop.call_soon_threadsafe(lambda c=client: asyncio.ensure_future(c.aclose()))
+                    loop.call_soon_threadsafe(_close_soon, client)
                 elif not loop.is_closed():
                     loop.run_until_complete(client.aclose())
         self._clients.clear()
@@ -304,7 +308,7 @@ class Broker:
         ids = self.tokens.credential_ids() | set(self._static) | set(self._fingerprints)
         for cred_id in ids:
             try:
-                now = _fingerprint(self.stores.credentials.get_by_id(str(cred_id)))
+                now = _fingerprint(self.stores.credentials.get_by_id(cred_id))
             except NotFound:
                 now = None
             if now is None or now != self._fingerprints.get(cred_id):
@@ -315,6 +319,16 @@ class Broker:
                 self._fingerprints.pop(cred_id, None)
             else:
                 self._fingerprints[cred_id] = now
+
+
+_closing: set[asyncio.Future[None]] = set()  # referenced until done (asyncio keeps weak refs)
+
+
+def _close_soon(client: httpx.AsyncClient) -> None:
+    """Close a client on its own (running) loop; called there via call_soon_threadsafe."""
+    task = asyncio.ensure_future(client.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def _cache_key(cred: ResolvedCredential) -> tuple[str, ...]:

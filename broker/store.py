@@ -103,16 +103,16 @@ def immediate(conn: Connection) -> Iterator[Connection]:
 
 def _v1_core(db: sqlite_utils.Database) -> None:
     """Orgs, users, credentials, secrets, workspaces, agent tokens, audit events."""
-    db["orgs"].create({"id": str, "name": str, "created_at": str}, pk="id", not_null={"name"})
-    db["orgs"].create_index(["name"], unique=True)
-    db["users"].create(
+    db.table("orgs").create({"id": str, "name": str, "created_at": str}, pk="id", not_null={"name"})
+    db.table("orgs").create_index(["name"], unique=True)
+    db.table("users").create(
         {"id": str, "org_id": str, "name": str, "operator": int, "created_at": str},
         pk="id",
         not_null={"org_id", "name", "operator"},
         foreign_keys=[("org_id", "orgs", "id")],
     )
-    db["users"].create_index(["org_id", "name"], unique=True)
-    db["credentials"].create(
+    db.table("users").create_index(["org_id", "name"], unique=True)
+    db.table("credentials").create(
         {
             "id": str,
             "org_id": str,
@@ -139,16 +139,16 @@ def _v1_core(db: sqlite_utils.Database) -> None:
         "CREATE UNIQUE INDEX idx_credentials_scope "
         "ON credentials (org_id, name, coalesce(user_id, ''))"
     )
-    db["secrets"].create(
+    db.table("secrets").create(
         {"id": str, "org_id": str, "name": str, "durable_ref": str},
         pk="id",
         not_null={"org_id", "name", "durable_ref"},
         foreign_keys=[("org_id", "orgs", "id")],
     )
-    db["secrets"].add_column("created_at", str)
-    db["secrets"].add_column("updated_at", str)
-    db["secrets"].create_index(["org_id", "name"], unique=True)
-    db["workspaces"].create(
+    db.table("secrets").add_column("created_at", str)
+    db.table("secrets").add_column("updated_at", str)
+    db.table("secrets").create_index(["org_id", "name"], unique=True)
+    db.table("workspaces").create(
         {
             "id": str,
             "org_id": str,
@@ -161,7 +161,7 @@ def _v1_core(db: sqlite_utils.Database) -> None:
         not_null={"org_id", "role", "user_id"},
         foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
     )
-    db["agent_tokens"].create(
+    db.table("agent_tokens").create(
         {
             "id": str,
             "workspace_id": str,
@@ -176,8 +176,8 @@ def _v1_core(db: sqlite_utils.Database) -> None:
         not_null={"workspace_id", "org_id", "prefix", "sha256"},
         foreign_keys=[("workspace_id", "workspaces", "id"), ("org_id", "orgs", "id")],
     )
-    db["agent_tokens"].create_index(["prefix"])
-    db["audit_events"].create(
+    db.table("agent_tokens").create_index(["prefix"])
+    db.table("audit_events").create(
         {
             "id": int,
             "at": str,
@@ -193,12 +193,12 @@ def _v1_core(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"at", "org_id", "action"},
     )
-    db["audit_events"].create_index(["org_id", "id"])
+    db.table("audit_events").create_index(["org_id", "id"])
 
 
 def _v2_decisions_and_changes(db: sqlite_utils.Database) -> None:
     """Policy decisions, and the change counter other processes poll."""
-    db["policy_decisions"].create(
+    db.table("policy_decisions").create(
         {
             "id": int,
             "at": float,
@@ -221,15 +221,26 @@ def _v2_decisions_and_changes(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"at", "decision"},
     )
-    db["policy_decisions"].create_index(["org_id", "id"])
-    db["policy_decisions"].create_index(["workspace_id", "id"])
+    db.table("policy_decisions").create_index(["org_id", "id"])
+    db.table("policy_decisions").create_index(["workspace_id", "id"])
     db.execute("CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER)")
     db.execute("INSERT INTO changes (id, generation) VALUES (1, 0)")
 
 
+def _v3_workspace_leases(db: sqlite_utils.Database) -> None:
+    """Workspace leases: `expires_at` (ISO text, NULL for no expiry) on workspaces."""
+    workspaces = db.table("workspaces")
+    if "expires_at" not in workspaces.columns_dict:
+        workspaces.add_column("expires_at", str)
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 # Index i upgrades schema version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_decisions_and_changes)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_core,
+    _v2_decisions_and_changes,
+    _v3_workspace_leases,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -371,12 +382,6 @@ class ControlStore:
             done = conn.execute(f"DELETE FROM orgs WHERE id = :id AND {refs}", {"id": org_id})
         self._org_ids = {k: v for k, v in self._org_ids.items() if v != org_id}
         return done.rowcount == 1
-
-    def org_name(self, org_id: str) -> str:
-        rows = self.query("SELECT name FROM orgs WHERE id = ?", (org_id,))
-        if not rows:
-            raise NotFound(f"org id {org_id!r} does not exist")
-        return rows[0]["name"]
 
     @contextmanager
     def credential_lock(self, credential_id: str) -> Iterator[None]:

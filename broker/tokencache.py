@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 DEFAULT_MAX_TTL = 300.0
 DEFAULT_SKEW = 30.0
+
+# A cache key: the credential id first, then whatever else selects a token (scopes, subject).
+Key = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,15 @@ class TokenCache[T]:
         self.max_ttl = max_ttl
         self.skew = skew
         self._clock = clock
-        self._entries: dict[tuple[Hashable, ...], _Entry[T]] = {}
-        self._inflight: dict[tuple[Hashable, ...], asyncio.Future[T]] = {}
+        self._entries: dict[Key, _Entry[T]] = {}
+        self._inflight: dict[Key, asyncio.Future[T]] = {}
 
     def ttl_for(self, expires_in: float | None) -> float:
         """How long to keep a token that the issuer says lives `expires_in` seconds."""
         lifetime = self.max_ttl if expires_in is None else min(expires_in, self.max_ttl)
         return max(0.0, lifetime - self.skew)
 
-    def peek(self, key: tuple[Hashable, ...]) -> T | None:
+    def peek(self, key: Key) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -64,7 +67,7 @@ class TokenCache[T]:
             return None
         return entry.value
 
-    async def get(self, key: tuple[Hashable, ...], mint: Callable[[], Awaitable[Minted[T]]]) -> T:
+    async def get(self, key: Key, mint: Callable[[], Awaitable[Minted[T]]]) -> T:
         """The cached value for `key`, or the result of one shared call to `mint`.
 
         The mint runs in its own task, so a cancelled caller (a client that went away)
@@ -83,9 +86,7 @@ class TokenCache[T]:
             self._inflight[key] = task
         return await asyncio.shield(task)
 
-    async def _mint_into(
-        self, key: tuple[Hashable, ...], mint: Callable[[], Awaitable[Minted[T]]]
-    ) -> T:
+    async def _mint_into(self, key: Key, mint: Callable[[], Awaitable[Minted[T]]]) -> T:
         me = asyncio.current_task()
         try:
             minted = await mint()
@@ -99,7 +100,7 @@ class TokenCache[T]:
             if self._inflight.get(key) is me:
                 del self._inflight[key]
 
-    def invalidate(self, credential_id: Hashable) -> None:
+    def invalidate(self, credential_id: str) -> None:
         """Forget every token of one credential (upstream 401, delete, re-connect).
 
         A mint already in flight still answers its waiters but is not stored.
@@ -109,13 +110,7 @@ class TokenCache[T]:
         for key in [k for k in self._inflight if k[0] == credential_id]:
             del self._inflight[key]
 
-    def retain(self, credential_ids: Iterable[Hashable]) -> None:
-        """Forget every token whose credential is not in `credential_ids` (e.g. deleted)."""
-        keep = set(credential_ids)
-        for key in [k for k in self._entries if k[0] not in keep]:
-            del self._entries[key]
-
-    def credential_ids(self) -> set[Hashable]:
+    def credential_ids(self) -> set[str]:
         return {k[0] for k in self._entries} | {k[0] for k in self._inflight}
 
     def clear(self) -> None:

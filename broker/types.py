@@ -39,6 +39,12 @@ class Workspace:
     role: str
     user_id: str
     user: str
+    # The lease's end as a Unix time (None: no expiry). Carried so a proxy that cached this
+    # workspace can refuse it per request without a store round trip.
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 @dataclass(frozen=True)

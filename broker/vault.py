@@ -61,11 +61,11 @@ def _aad(purpose: bytes, org_id: str, kind: str, ref: str) -> bytes:
 class _Keyring:
     active_id: str
     keys: dict[str, bytes]
-    stamp: tuple
+    stamp: tuple[tuple[int, int, int] | None, ...]
 
 
-def _key_stamp(home: Home) -> tuple:
-    stamps = []
+def _key_stamp(home: Home) -> tuple[tuple[int, int, int] | None, ...]:
+    stamps: list[tuple[int, int, int] | None] = []
     for path in (home.key_file, home.key_file.with_name("key.new")):
         try:
             info = path.stat()

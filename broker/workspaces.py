@@ -3,6 +3,11 @@
 An agent token is `cg_` + 43 URL-safe characters (32 random bytes). It is shown once, at
 workspace creation; the store keeps only its first 8 characters after `cg_` (to find the
 row) and its SHA-256 (compared in constant time). Revoking a workspace revokes its tokens.
+
+A workspace may hold a lease (`expires_at`): past it, its token no longer authenticates.
+`renew` moves the end forward (exec renews a short lease while its command runs, so a
+killed exec leaves a token that dies by itself). Neither changes the broker generation:
+proxies carry the expiry on their cached workspace and check it per request.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 
 from . import audit, changes
 from .engine import OperationalError
-from .errors import Conflict, NotFound
+from .errors import Conflict, FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .store import ControlStore, check_name, new_id
 from .types import Workspace
@@ -28,6 +34,7 @@ TOKEN_PREFIX = "cg_"
 TOKEN_BYTES = 32
 LOOKUP_CHARS = 8
 LAST_USED_INTERVAL_S = 60.0
+MAX_TTL_S = 10 * 365 * 24 * 3600  # a lease longer than this is a typo, not a lease
 
 
 @dataclass(frozen=True)
@@ -51,9 +58,34 @@ class WorkspaceRow:
     user: str
     created_at: str
     revoked_at: str | None
+    expires_at: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def check_ttl(ttl_s: int | None) -> None:
+    """InvalidInput unless `ttl_s` is None (no expiry) or a whole number of seconds >= 1."""
+    if ttl_s is None:
+        return
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
+        raise InvalidInput(
+            [FieldError("ttl_s", f"must be a whole number of seconds from 1 to {MAX_TTL_S}")]
+        )
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _expiry(ttl_s: int | None) -> str | None:
+    return None if ttl_s is None else _iso(datetime.now(UTC) + timedelta(seconds=ttl_s))
+
+
+def _unix(iso: str | None) -> float | None:
+    if iso is None:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def token_sha256(token: str) -> str:
@@ -117,17 +149,25 @@ class Workspaces:
 
     # -- workspaces ------------------------------------------------------------------
 
-    def create(self, org_id: str, role: str, user: str) -> tuple[WorkspaceRow, str]:
-        """Create a workspace for `user` and its agent token; the token is returned once."""
+    def create(
+        self, org_id: str, role: str, user: str, *, ttl_s: int | None = None
+    ) -> tuple[WorkspaceRow, str]:
+        """Create a workspace for `user` and its agent token; the token is returned once.
+
+        `ttl_s` gives the workspace a lease of that many seconds (None: no expiry).
+        """
         check_name("role", role)
+        check_ttl(ttl_s)
         owner = self.get_user(org_id, user)
         token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-        ws = WorkspaceRow(new_id("ws"), org_id, role, owner.id, owner.name, now_iso(), None)
+        ws = WorkspaceRow(
+            new_id("ws"), org_id, role, owner.id, owner.name, now_iso(), None, _expiry(ttl_s)
+        )
         with self._store.write() as conn:
             conn.execute(
-                "INSERT INTO workspaces (id, org_id, role, user_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (ws.id, org_id, role, owner.id, ws.created_at),
+                "INSERT INTO workspaces (id, org_id, role, user_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (ws.id, org_id, role, owner.id, ws.created_at, ws.expires_at),
             )
             conn.execute(
                 "INSERT INTO agent_tokens (id, workspace_id, org_id, prefix, sha256, created_at)"
@@ -182,6 +222,31 @@ class Workspaces:
                 )
             changes.bump(self._store, conn)
 
+    def renew(self, org_id: str, workspace_id: str, ttl_s: int) -> WorkspaceRow:
+        """Move the lease's end to `ttl_s` seconds from now.
+
+        NotFound when the workspace is not in this org; Conflict when it is revoked or its
+        lease has already run out (an expired token stays dead: renewing must not revive a
+        token someone may have been refused with).
+        """
+        check_ttl(ttl_s)
+        expires_at = _expiry(ttl_s)
+        with self._store.write() as conn:
+            found = conn.execute(
+                "SELECT revoked_at, expires_at FROM workspaces WHERE id = ? AND org_id = ?",
+                (workspace_id, org_id),
+            ).fetchone()
+            if found is None:
+                raise NotFound(f"workspace {workspace_id!r} does not exist")
+            if found["revoked_at"] is not None:
+                raise Conflict(f"workspace {workspace_id!r} is revoked")
+            if found["expires_at"] is not None and found["expires_at"] <= now_iso():
+                raise Conflict(f"workspace {workspace_id!r} has expired")
+            conn.execute(
+                "UPDATE workspaces SET expires_at = ? WHERE id = ?", (expires_at, workspace_id)
+            )
+        return self.get(org_id, workspace_id)
+
     def get(self, org_id: str, workspace_id: str) -> WorkspaceRow:
         rows = self._store.query(
             _WORKSPACE_SELECT + " WHERE w.org_id = ? AND w.id = ?", (org_id, workspace_id)
@@ -200,7 +265,7 @@ class Workspaces:
     # -- agent authentication --------------------------------------------------------
 
     def authenticate(self, token: str) -> Workspace | None:
-        """The live workspace this agent token belongs to, or None (revoked, unknown).
+        """The live workspace this agent token belongs to, or None (revoked, expired, unknown).
 
         Candidates are found by the token's lookup prefix and compared by SHA-256 in
         constant time. Records last_used_at at most once a minute per token.
@@ -211,7 +276,7 @@ class Workspaces:
         digest = token_sha256(token)
         rows = self._store.query(
             "SELECT t.id AS token_id, t.sha256, w.id, w.org_id, o.name AS org, w.role,"
-            " w.user_id, u.name AS user FROM agent_tokens t"
+            " w.user_id, u.name AS user, w.expires_at FROM agent_tokens t"
             " JOIN workspaces w ON w.id = t.workspace_id"
             " JOIN orgs o ON o.id = w.org_id JOIN users u ON u.id = w.user_id"
             " WHERE t.prefix = ? AND t.revoked_at IS NULL AND w.revoked_at IS NULL",
@@ -223,6 +288,9 @@ class Workspaces:
                 match = row
         if match is None:
             return None
+        expires_at = _unix(match["expires_at"])
+        if expires_at is not None and time.time() >= expires_at:
+            return None
         self._touch(match["token_id"])
         return Workspace(
             id=match["id"],
@@ -231,6 +299,7 @@ class Workspaces:
             role=match["role"],
             user_id=match["user_id"],
             user=match["user"],
+            expires_at=expires_at,
         )
 
     def _touch(self, token_id: str) -> None:
@@ -250,8 +319,8 @@ class Workspaces:
 
 
 _WORKSPACE_SELECT = (
-    "SELECT w.id, w.org_id, w.role, w.user_id, u.name AS user, w.created_at, w.revoked_at"
-    " FROM workspaces w JOIN users u ON u.id = w.user_id"
+    "SELECT w.id, w.org_id, w.role, w.user_id, u.name AS user, w.created_at, w.revoked_at,"
+    " w.expires_at FROM workspaces w JOIN users u ON u.id = w.user_id"
 )
 
 
@@ -268,4 +337,5 @@ def _workspace(row) -> WorkspaceRow:
         row["user"],
         row["created_at"],
         row["revoked_at"],
+        row["expires_at"],
     )

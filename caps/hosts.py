@@ -10,10 +10,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-try:  # UTS-46 (the mapping browsers use); Python's own codec only knows IDNA 2003.
-    import idna as _idna
-except ImportError:  # pragma: no cover - idna ships with the project's dependencies
-    _idna = None
+# UTS-46 (the mapping browsers use); Python's own codec only knows IDNA 2003.
+import idna as _idna
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -76,9 +74,7 @@ def _normalize_ipv6(host: str) -> str:
 
 def _to_ascii(host: str) -> str:
     try:
-        if _idna is not None:
-            return _idna.encode(host, uts46=True).decode("ascii")
-        return host.lower().encode("idna").decode("ascii")  # pragma: no cover
+        return _idna.encode(host, uts46=True).decode("ascii")
     except (UnicodeError, ValueError):
         # idna.IDNAError is a UnicodeError; the text names the host only.
         raise ValueError(f"not a valid internationalised host name: {host!r}") from None
@@ -123,7 +119,7 @@ def _check_dns_name(host: str) -> None:
     for label in host.split("."):
         if not _LABEL.fullmatch(label):
             raise ValueError(f"not a valid host name: {host!r} (bad label {label!r})")
-        if label.startswith("xn--") and _idna is not None:
+        if label.startswith("xn--"):
             try:
                 _idna.decode(label)
             except (UnicodeError, ValueError):

@@ -16,7 +16,7 @@ import yaml
 from capgate.caps.errors import CapsError, Problem
 from capgate.caps.globs import compile_glob
 from capgate.caps.hosts import parse_host_pattern
-from capgate.caps.model import Capability, CapsConfig, Role
+from capgate.caps.model import Capability, CapsConfig, Role, Unmatched
 from capgate.caps.transformloader import NAME, TransformReader
 from capgate.caps.yamlnodes import Entries, NodeReader
 
@@ -96,7 +96,7 @@ class _Loader:
             self.r.problem(node, f"unsupported version {version}; expected 1")
         return version
 
-    def _unmatched(self, entries: Entries) -> str:
+    def _unmatched(self, entries: Entries) -> Unmatched:
         if "defaults" not in entries:
             return "deny"
         node = entries["defaults"][1]
@@ -108,13 +108,11 @@ class _Loader:
             return "deny"
         value_node = defaults["unmatched"][1]
         value = self.r.string(value_node, "defaults.unmatched")
-        if value not in ("deny", "allow"):
-            if value is not None:
-                self.r.problem(
-                    value_node, f"defaults.unmatched: expected deny or allow, not {value!r}"
-                )
-            return "deny"
-        return value
+        if value == "allow":
+            return "allow"
+        if value != "deny" and value is not None:
+            self.r.problem(value_node, f"defaults.unmatched: expected deny or allow, not {value!r}")
+        return "deny"
 
     # --- capabilities --------------------------------------------------------------------
 

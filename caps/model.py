@@ -48,6 +48,8 @@ AUTH_PROVIDERS: tuple[str, ...] = (
 )
 
 Action = Literal["set", "append", "remove"]
+# What happens to a request no capability of the role matches (caps.yaml defaults.unmatched).
+Unmatched = Literal["deny", "allow"]
 
 # --- what a transform sees ---------------------------------------------------------------
 
@@ -333,7 +335,7 @@ class CapsConfig:
     """A loaded caps.yaml file."""
 
     version: int
-    unmatched: Literal["deny", "allow"]
+    unmatched: Unmatched
     capabilities: tuple[Capability, ...]
     roles: Mapping[str, Role]
     filename: str = ""

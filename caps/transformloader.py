@@ -12,6 +12,7 @@ import yaml
 from capgate.caps.cel import CelCompileError, CelExpression, compile_expression
 from capgate.caps.model import (
     AUTH_PROVIDERS,
+    Action,
     AuthTransform,
     BodyTransform,
     HeaderTransform,
@@ -23,7 +24,7 @@ from capgate.caps.transforms import parse_pointer, valid_header_name
 from capgate.caps.yamlnodes import Entries, NodeReader
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_ACTIONS = ("set", "append", "remove")
+_ACTIONS: dict[str | None, Action] = {"set": "set", "append": "append", "remove": "remove"}
 _TRANSFORM_KINDS = ("auth", "header", "query", "body", "path")
 # Headers that route or frame the request: a transform changing them could redirect a
 # credential (Host) or desynchronise the connection (framing).
@@ -190,16 +191,17 @@ class TransformReader:
 
     def _action_value(
         self, node: yaml.Node, fields: Entries, kind: str, check: bool = True
-    ) -> tuple[str, CelExpression | None, bool]:
+    ) -> tuple[Action, CelExpression | None, bool]:
         """The action and compiled value; `ok` is False when either had a problem."""
         if "action" not in fields:
             return "set", None, False
         action_node = fields["action"][1]
-        action = self.r.string(action_node, f"{kind} action")
-        if action not in _ACTIONS:
-            if action is not None:
+        text = self.r.string(action_node, f"{kind} action")
+        action = _ACTIONS.get(text)
+        if action is None:
+            if text is not None:
                 self.r.problem(
-                    action_node, f"{kind} action {action!r}: expected set, append or remove"
+                    action_node, f"{kind} action {text!r}: expected set, append or remove"
                 )
             return "set", None, False
         if action == "remove":

@@ -212,9 +212,9 @@ class CapgateAddon:
         if dest.scheme == "http" and not capability.allow_plaintext:
             return self._deny(flow, state, 403, "plaintext")
         if capability.needs_body:
-            problem = self._check_buffered_body(flow)
-            if problem is not None:
-                status, reason = problem
+            refusal = self._check_buffered_body(flow)
+            if refusal is not None:
+                status, reason = refusal
                 return self._deny(flow, state, status, reason)
         await inject.apply_head(self.broker, flow, state)
         if not capability.needs_body:

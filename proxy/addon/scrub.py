@@ -14,16 +14,10 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from capgate.broker.types import LeakPattern
+import brotli
+import zstandard
 
-try:  # brotli and zstandard ship with mitmproxy; stay importable without them anyway.
-    import brotli
-except ImportError:  # pragma: no cover
-    brotli = None
-try:
-    import zstandard
-except ImportError:  # pragma: no cover
-    zstandard = None
+from capgate.broker.types import LeakPattern
 
 
 def marker(label: str) -> bytes:
@@ -163,7 +157,7 @@ class _Brotli:
         self._inner = brotli.Decompressor()
 
     def decompress(self, data: bytes) -> bytes:
-        return self._inner.process(data)  # type: ignore[no-any-return]
+        return self._inner.process(data)
 
 
 def _decoder_for(encoding: str) -> _Decompressor | None:
@@ -171,9 +165,9 @@ def _decoder_for(encoding: str) -> _Decompressor | None:
         return _gzip()
     if encoding == "deflate":
         return _Deflate()
-    if encoding == "br" and brotli is not None:
+    if encoding == "br":
         return _Brotli()
-    if encoding == "zstd" and zstandard is not None:
+    if encoding == "zstd":
         return zstandard.ZstdDecompressor().decompressobj()
     return None
 

@@ -3,9 +3,13 @@
 A token resolves to a workspace, and a workspace (with the current caps configuration)
 to an `Activation`. Both are cached until `broker.generation()` changes: a revoke or a
 delete committed by any process empties the caches before the next request is served.
+A lease's end changes no generation, so a cached workspace carries its expiry and is
+checked against the clock on every request (a renewed lease is found by re-authenticating).
 """
 
 from __future__ import annotations
+
+import time
 
 from capgate.broker.types import Activation, Workspace
 from capgate.caps import CapsConfig
@@ -37,6 +41,9 @@ class Sessions:
 
     def workspace(self, token: str) -> Workspace | None:
         found = self._workspaces.get(token)
+        if found is not None and found.expired(time.time()):
+            del self._workspaces[token]  # maybe renewed since it was cached: ask again
+            found = None
         if found is None:
             found = self.broker.authenticate(token)
             if found is not None:  # failures are not cached: a bad token always costs a lookup

@@ -98,7 +98,7 @@ def cred_update(ctx, name, user, from_file, client_secret_file, as_json) -> None
 def cred_list(ctx, user, as_json) -> None:
     """List the org's credentials (org rows and users' rows)."""
     stores, org_id = _stores(ctx)
-    rows = stores.credentials.list(org_id, user)
+    rows = stores.credentials.list_credentials(org_id, user)
 
     human = [f"{r.name}\t{_scope(r)}\t{r.provider}/{r.kind}\t{r.status}" for r in rows]
     _emit(as_json, [r.to_json() for r in rows], human)
@@ -157,7 +157,7 @@ def secret_set(ctx, name, from_file, as_json) -> None:
 def secret_list(ctx, as_json) -> None:
     """List the org's secret names."""
     stores, org_id = _stores(ctx)
-    rows = stores.secrets.list(org_id)
+    rows = stores.secrets.list_secrets(org_id)
     _emit(as_json, [r.to_json() for r in rows], [r.name for r in rows])
 
 

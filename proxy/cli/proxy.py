@@ -22,11 +22,12 @@ from pathlib import Path
 import click
 
 from capgate.broker.decisions import StoredDecision, list_decisions
-from capgate.broker.errors import CapgateError, NotFound
+from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
-from capgate.broker.store import ABSENT_ORG, check_name
+from capgate.broker.provision import check_role, provision_workspace
+from capgate.broker.store import ABSENT_ORG
 from capgate.broker.stores import Stores
-from capgate.caps import CapsError
+from capgate.caps import CapsConfig, CapsError
 
 from ..addon.reload import preload
 from ..addon.runner import (
@@ -64,13 +65,14 @@ def _fail(message: str, code: int) -> None:
     raise click.exceptions.Exit(code)
 
 
-def _check_caps(path: Path) -> None:
+def _check_caps(path: Path) -> CapsConfig:
     try:
-        preload(path)
+        return preload(path)
     except CapsError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         _fail(f"{path} is not a valid caps file", 1)
+        raise  # unreachable: _fail raises
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -270,15 +272,18 @@ def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbos
     configure_logging(verbose=verbose, access_log=verbose)
     if not verbose:
         logging.getLogger("capgate").setLevel(logging.WARNING)
-    _check_caps(caps_path)
+    config = _check_caps(caps_path)
     home: Path = ctx.obj.home
     try:
-        check_name("role", role)  # before anything is written for a call that will fail
-        check_name("user", user_name)
+        check_role(role, config.roles)  # before anything is written for a call that will fail
         stores = Stores.open(Home(home))
-        org_id = stores.control.org_id(ctx.obj.org, create=True)
-        _ensure_user(stores, org_id, user_name)
-        workspace, token = stores.workspaces.create(org_id, role, user_name)
+        made = provision_workspace(
+            stores, ctx.obj.org, role, user_name, add_user=True, actor="capgate-exec"
+        )
+        if made.added_user:
+            click.echo(f"capgate: added user {user_name!r}", err=True)
+        workspace, token = made.workspace, made.token
+        org_id = workspace.org_id
         broker = _open_broker(home)
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
@@ -304,15 +309,6 @@ def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbos
             broker.close()
             stores.close()
     raise click.exceptions.Exit(code)
-
-
-def _ensure_user(stores: Stores, org_id: str, user_name: str) -> None:
-    """`exec` is the everyday entry point: a first run for a new user name adds the user."""
-    try:
-        stores.workspaces.get_user(org_id, user_name)
-    except NotFound:
-        stores.workspaces.add_user(org_id, user_name, actor="capgate-exec")
-        click.echo(f"capgate: added user {user_name!r}", err=True)
 
 
 def _run_child(command: list[str], env: dict[str, str]) -> int:

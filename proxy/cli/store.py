@@ -11,13 +11,16 @@ import click
 from capgate.broker import pgstore
 from capgate.broker.engine import is_postgres_url
 from capgate.broker.home import init_home
+from capgate.broker.provision import provision_workspace
 from capgate.broker.stores import Stores
 
+from .durations import ttl_option
 from .support import (
     _actor,
     _emit,
     _state,
     _stores,
+    caps_roles,
     handles_errors,
     json_option,
 )
@@ -134,17 +137,32 @@ def workspace() -> None:
 @workspace.command("create")
 @click.option("--role", required=True)
 @click.option("--user", "user_name", required=True)
+@ttl_option
+@click.option(
+    "--caps",
+    "caps_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Refuse a role this caps.yaml does not define.",
+)
 @json_option
 @click.pass_context
 @handles_errors
-def workspace_create(ctx, role, user_name, as_json) -> None:
+def workspace_create(ctx, role, user_name, ttl_s, caps_path, as_json) -> None:
     """Create a workspace; prints its id and agent token (shown only this once)."""
-    stores, org_id = _stores(ctx, create=True)
-    ws, token = stores.workspaces.create(org_id, role, user_name)
+    known_roles = caps_roles(caps_path) if caps_path is not None else None
+    stores, _ = _stores(ctx)
+    made = provision_workspace(
+        stores, ctx.obj.org, role, user_name, ttl_s=ttl_s, known_roles=known_roles
+    )
+    ws, token = made.workspace, made.token
     if as_json:
+        # DESIGN fixes this document to {"id", "token"}; `workspace list --json` has the lease.
         click.echo(json.dumps({"id": ws.id, "token": token}))
     else:
         click.echo(f"workspace: {ws.id}\ntoken: {token}")
+        if ws.expires_at:
+            click.echo(f"expires: {ws.expires_at}")
         click.echo("the token is shown only once; it cannot be recovered", err=True)
 
 

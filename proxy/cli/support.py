@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from capgate.broker.errors import CapgateError
-from capgate.broker.home import Home
+from capgate.broker.home import Home, now_iso
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.store import ABSENT_ORG
 from capgate.broker.stores import Stores
@@ -155,7 +155,12 @@ def _scope(row) -> str:
 
 
 def _state(workspace) -> str:
-    return f"revoked {workspace.revoked_at}" if workspace.revoked_at else "active"
+    if workspace.revoked_at:
+        return f"revoked {workspace.revoked_at}"
+    if workspace.expires_at:
+        expired = workspace.expires_at <= now_iso()
+        return f"{'expired' if expired else 'expires'} {workspace.expires_at}"
+    return "active"
 
 
 def _label(row) -> str:
@@ -163,3 +168,16 @@ def _label(row) -> str:
 
 
 # --- secrets --------------------------------------------------------------------------
+
+
+def caps_roles(path: Path) -> frozenset[str]:
+    """The roles a caps.yaml defines; an invalid file is an error (exit 1) naming every problem."""
+    from capgate.caps import CapsError, load_caps
+
+    try:
+        return frozenset(load_caps(path).roles)
+    except CapsError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        _fail(f"{path} is not a valid caps file", 1)
+        raise  # unreachable: _fail raises

@@ -118,10 +118,6 @@ class Fixture:
     checks: tuple[Check, ...]
     values: TestValues
 
-    @property
-    def expects_upstream_request(self) -> bool:
-        return any(c.path.startswith("request.") for c in self.checks)
-
 
 def load_fixture(path: Path) -> Fixture:
     try:
@@ -141,7 +137,7 @@ def parse_fixture(text: str, path: Path) -> Fixture:
 
 
 def _fixture(w: Walker, root: Node, path: Path) -> Fixture | None:
-    top = w.mapping(
+    top = w.fixed_mapping(
         root,
         "fixture",
         ("description", "workspace", "credentials", "secrets", "request", "upstream", "expect"),
@@ -177,7 +173,7 @@ def _fixture(w: Walker, root: Node, path: Path) -> Fixture | None:
 
 
 def _workspace(w: Walker, node: Node) -> Workspace | None:
-    entries = w.mapping(node, "workspace", ("role", "user", "id"), required=("role",))
+    entries = w.fixed_mapping(node, "workspace", ("role", "user", "id"), required=("role",))
     if entries is None:
         return None
     role = w.string(entries["role"], "workspace.role") if "role" in entries else None
@@ -192,7 +188,7 @@ def _credentials(w: Walker, node: Node | None) -> tuple[Credential, ...]:
     found = []
     for name, item in w.entries(node, "credentials"):
         where = f"credentials.{name}"
-        e = w.mapping(
+        e = w.fixed_mapping(
             item,
             where,
             ("provider", "kind", "value", "config", "mint_failure"),
@@ -241,7 +237,7 @@ def _message(w: Walker, node: Node | None, where: str, is_request: bool) -> Mess
         return Message("", "", 200, (), None, False)
     keys = ("method", "url", "headers", "body") if is_request else ("status", "headers", "body")
     required = ("method", "url") if is_request else ()
-    e = w.mapping(node, where, keys, required=required)
+    e = w.fixed_mapping(node, where, keys, required=required)
     if e is None:
         return None
     method = (w.string(e["method"], f"{where}.method") or "") if "method" in e else ""
@@ -277,7 +273,7 @@ def _body(w: Walker, node: Node | None, where: str) -> tuple[str | None, bool]:
 
 
 def _expect(w: Walker, node: Node) -> list[Check]:
-    e = w.mapping(
+    e = w.fixed_mapping(
         node,
         "expect",
         ("decision", "reason", "capability", "request", "response", "policy_decision"),
@@ -310,7 +306,7 @@ def _expect(w: Walker, node: Node) -> list[Check]:
 def _expect_message(w: Walker, node: Node | None, where: str, scalars: tuple[str, ...]):
     if node is None:
         return []
-    e = w.mapping(node, f"expect.{where}", (*scalars, "headers", "headers_absent", "body"))
+    e = w.fixed_mapping(node, f"expect.{where}", (*scalars, "headers", "headers_absent", "body"))
     if e is None:
         return []
     checks = [

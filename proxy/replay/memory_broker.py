@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from capgate.broker.minting import MintError, bearer_wire, minter_for
+from capgate.broker.minting import MintError, StaticMinter, bearer_wire, minter_for
 from capgate.broker.providers import PROVIDERS, Kind
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import (
@@ -44,9 +44,9 @@ def wire_credential(cred: ResolvedCredential, value: SecretValue) -> WireCredent
     """The wire shape the real broker's minters give `value` (an OAuth value stands for
     the minted access token), so replay stamps exactly what the live proxy stamps."""
     provider, minter = minter_for(cred)
-    if minter.oauth:
-        return bearer_wire(provider, cred, value)
-    return minter.wire(provider, cred, value)
+    if isinstance(minter, StaticMinter):
+        return minter.wire(provider, cred, value)
+    return bearer_wire(provider, cred, value)
 
 
 @dataclass

@@ -28,7 +28,7 @@ class Walker(NodeReader):
     def line(node: Node) -> int:
         return node.start_mark.line + 1
 
-    def mapping(
+    def fixed_mapping(
         self, node: Node, where: str, allowed: Sequence[str], required: Sequence[str] = ()
     ) -> dict[str, Node] | None:
         """A fixed-key mapping: unknown, duplicate and missing keys are problems."""

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from capgate.broker.minting import MINTERS, bearer_wire
+from capgate.broker.minting import MINTERS, OAuthMinter, StaticMinter, bearer_wire
 from capgate.broker.providers import PROVIDER_SLUGS, PROVIDERS, Kind
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.types import ResolvedCredential, WireCredential
@@ -81,9 +81,9 @@ def cred(provider: str, kind: str, config: dict | None = None) -> ResolvedCreden
 def render(provider: str, kind: str, config: dict) -> WireCredential:
     spec = PROVIDERS[provider]
     minter = MINTERS[Kind(kind)]
-    if minter.oauth:
-        return bearer_wire(spec, cred(provider, kind, config), SecretValue(V))
-    return minter.wire(spec, cred(provider, kind, config), SecretValue(V))
+    if isinstance(minter, StaticMinter):
+        return minter.wire(spec, cred(provider, kind, config), SecretValue(V))
+    return bearer_wire(spec, cred(provider, kind, config), SecretValue(V))
 
 
 def revealed(pairs) -> dict[str, str]:
@@ -102,7 +102,7 @@ def test_wire_shape_matches_providers_md(provider):
     assert revealed(wire.query) == query
     assert dict(wire.companion_headers) == companions
     assert dict(wire.companion_query) == companion_query
-    assert wire.oauth == MINTERS[Kind(kind)].oauth
+    assert wire.oauth == isinstance(MINTERS[Kind(kind)], OAuthMinter)
     assert V.encode() in {p.value for p in wire.scrub}
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 
 from capgate.broker import decisions
 from capgate.broker.decisions import DecisionWriter, list_decisions
 from capgate.broker.secretvalue import SecretValue
+from capgate.broker.store import connect
 from capgate.broker.stores import Stores
 from capgate.broker.types import PolicyDecision
 
@@ -127,5 +129,40 @@ def test_two_processes_write_at_once_without_losing_a_row(stores, org):
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
-    assert len(stores.secrets.list(org)) == 45
+    assert len(stores.secrets.list_secrets(org)) == 45
     assert len(stores.vault.refs()) == 45
+
+
+def test_a_full_queue_drops_rows_loudly_and_counts_them(stores, org, caplog):
+    """Given a writer whose disk is stuck (another connection holds the write lock) and a
+    queue bound of 5, rows beyond the bound are dropped: counted, warned about the first
+    time and then once per interval, never with a row's content."""
+    now = [0.0]
+    writer = DecisionWriter(stores.home.control_db, max_queued=5, clock=lambda: now[0])
+    blocker = connect(stores.home.control_db)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.WARNING, logger="capgate.broker.decisions"):
+            writer.record(decision(0, org))
+            deadline = time.monotonic() + 10
+            while writer.queued and time.monotonic() < deadline:  # the thread took row 0
+                time.sleep(0.01)
+            assert writer.queued == 0
+            for i in range(1, 9):  # 5 fit, 3 are dropped: one warning
+                writer.record(decision(i, org))
+            assert (writer.queued, writer.dropped) == (5, 3)
+            now[0] += decisions.DROP_WARNING_INTERVAL_S
+            writer.record(decision(9, org))  # the interval passed: a second warning
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    writer.close()
+    assert writer.dropped == 4
+    warnings = [r.getMessage() for r in caplog.records if r.name == "capgate.broker.decisions"]
+    assert len(warnings) == 2
+    assert "dropped 1 rows (1 in total)" in warnings[0]
+    assert "dropped 3 rows (4 in total)" in warnings[1]
+    assert not any("/repos/" in w or "api.github.com" in w for w in warnings)
+    assert [r.decision.path for r in list_decisions(stores.control, org)] == [
+        f"/repos/{i}" for i in range(6)
+    ]

@@ -172,7 +172,7 @@ def test_store_workspaces_only_resolve_their_own_orgs_rows(stores, plan):
         except NotFound:
             ws.add_user(org_id, user_name)
         name = f"mail{suffix}"
-        existing = {(r.user or "") for r in creds.list(org_id) if r.name == name}
+        existing = {(r.user or "") for r in creds.list_credentials(org_id) if r.name == name}
         if own_row and user_name not in existing:
             creds.add(org_id, replace(_code(user=user_name), name=name), SecretValue("rt"))
         elif not own_row and "" not in existing:

@@ -36,13 +36,13 @@ def test_secret_names_are_per_org(stores, org):
     stores.secrets.set(org, "s", SecretValue("a"))
     stores.secrets.set(other, "s", SecretValue("b"))
     assert stores.secrets.values(other, ["s"])["s"].reveal() == "b"
-    assert [r.name for r in stores.secrets.list(org)] == ["s"]
+    assert [r.name for r in stores.secrets.list_secrets(org)] == ["s"]
 
 
 def test_secret_delete_removes_row_and_vault_entry_and_audits(stores, org):
     stores.secrets.set(org, "s", SecretValue("a"))
     stores.secrets.delete(org, "s")
-    assert stores.vault.refs() == [] and stores.secrets.list(org) == []
+    assert stores.vault.refs() == [] and stores.secrets.list_secrets(org) == []
     assert [e.action for e in audit.list_events(stores.control, org)] == [
         "secret.create",
         "secret.delete",
