@@ -7,11 +7,10 @@ event commits if and only if the change does.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import asdict, dataclass
 
 from .home import now_iso
-from .store import ControlStore
+from .store import Connection, ControlStore
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class AuditEvent:
 
 
 def record(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     org_id: str,
     actor: str | None,

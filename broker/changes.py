@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 
@@ -73,6 +74,7 @@ class ChangeWatcher:
         store = self._store
         with store.lock:  # the bare lock: this runs per request, a context manager costs µs
             conn = store.conn
+            assert isinstance(conn, sqlite3.Connection)
             data_version = conn.execute("PRAGMA data_version").fetchone()[0]
             if data_version != self._data_version or store.local_changes != self._local:
                 self._local = store.local_changes

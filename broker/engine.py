@@ -22,6 +22,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,12 +51,12 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-class Row(tuple):  # type: ignore[type-arg]
+class Row(tuple):
     """A row readable by index and by column name, like sqlite3.Row (`dict(row)` works)."""
 
     _index: dict[str, int]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)
@@ -159,14 +160,14 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PgCursor:
         cursor = self.raw.cursor()
-        cursor.execute(translate(sql), params if params else None)  # type: ignore[arg-type]
+        cursor.execute(translate(sql), params if params else None)
         return PgCursor(cursor)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
         with self.raw.cursor() as cursor:
-            cursor.executemany(translate(sql), list(rows))  # type: ignore[arg-type]
+            cursor.executemany(translate(sql), list(rows))
 
-    def transaction(self) -> psycopg.Transaction:
+    def transaction(self) -> AbstractContextManager[psycopg.Transaction]:
         return self.raw.transaction()
 
     def close(self) -> None:

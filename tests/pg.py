@@ -147,7 +147,9 @@ class PrivatePostgres:
                 return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
-                    raise PostgresUnavailable(f"postgres did not start: {self.log_tail()}")
+                    raise PostgresUnavailable(
+                        f"postgres did not start: {self.log_tail()}"
+                    ) from None
                 time.sleep(0.1)
 
     def log_tail(self) -> str:
