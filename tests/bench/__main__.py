@@ -214,6 +214,7 @@ def run_all(settings: Settings, workdir: Path, report: Result) -> None:
         stock_sections(bench, report, stock, streaming, capgate, setup.without_decisions)
         baseline_sections(bench, report, start_bare(procs, workdir, pki.ca_pem), capgate)
         workers_sections(bench, report, setup)
+        postgres_sections(bench, report, stack, workdir, pki.ca_pem, oauth, capgate)
         capgate_sections(bench, report, capgate, setup.without_decisions)
         report["token_endpoint"] = {
             "calls_for_first_200_requests": calls_first,
@@ -290,6 +291,50 @@ def workers_sections(bench: Bench, report: Result, setup: Any) -> None:
         bench.procs.stop(proxy.proc)
 
 
+def postgres_sections(
+    bench: Bench,
+    report: Result,
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    upstream_ca: Path,
+    oauth: Any,
+    sqlite: Proxy,
+) -> None:
+    """capgate on SQLite stores vs the same on PostgreSQL stores (a private cluster on
+    this machine), same caps and credentials, same load: nothing on the per-request path
+    should touch the database."""
+    from tests.pg import PostgresUnavailable, PrivatePostgres
+
+    s, up = bench.settings, bench.up
+    step("capgate on SQLite vs PostgreSQL stores, HTTPS and plain HTTP keep-alive")
+    try:
+        pg = stack.enter_context(PrivatePostgres.start())
+    except PostgresUnavailable as exc:
+        report["postgres_https"] = {"skipped": str(exc)}
+        return
+    ports = (up.http_port, up.https_port, up.sse_http_port, up.sse_https_port)
+    setup = start_capgate(
+        bench.procs,
+        workdir,
+        upstream_ca,
+        [(HOST, port) for port in ports],
+        count=bench.settings.caps,
+        token_url=oauth.token_url,
+        client=OAUTH_CLIENT,
+        store_urls=(pg.create_database("bench_control"), pg.create_database("bench_vault")),
+        name="capgate-pg",
+    )
+    bench.procs.stop(setup.without_decisions.proc)
+    on_pg = setup.proxy
+    for mode, port in (("http", up.http_port), ("https", up.https_port)):
+        bench.load(on_pg, mode, port, connections=8, duration=1)  # warm-up, first mint
+    pair = [sqlite, on_pg]
+    keep_alive = {"connections": 16, "duration": s.duration}
+    report["postgres_https"] = compare(bench, pair, "https", up.https_port, **keep_alive)
+    report["postgres_http"] = compare(bench, pair, "http", up.http_port, **keep_alive)
+    bench.procs.stop(on_pg.proc)
+
+
 def capgate_sections(bench: Bench, report: Result, capgate: Proxy, nodecisions: Proxy) -> None:
     s, up = bench.settings, bench.up
     step("refused tunnel (no capability matches) vs intercepted tunnel")
@@ -346,6 +391,8 @@ WORKLOADS = (
     ("bare_https", "bare mitmproxy vs capgate: HTTPS keep-alive, 16 conns"),
     ("workers_https", "1 vs 2 workers: HTTPS keep-alive, 32 conns"),
     ("workers_http", "1 vs 2 workers: plain HTTP keep-alive, 32 conns"),
+    ("postgres_https", "SQLite vs PostgreSQL stores: HTTPS keep-alive, 16 conns"),
+    ("postgres_http", "SQLite vs PostgreSQL stores: plain HTTP keep-alive, 16 conns"),
 )
 
 

@@ -299,6 +299,8 @@ def start_capgate(
     count: int,
     token_url: str,
     client: tuple[str, str],
+    store_urls: tuple[str, str] | None = None,
+    name: str = "capgate",
 ) -> CapgateSetup:
     """Initialise a throwaway home, store a credential and a secret, start `capgate proxy`.
 
@@ -306,10 +308,13 @@ def start_capgate(
     redirected to `token_url` (CAPGATE_UNSAFE_TOKEN_ENDPOINTS). A second proxy on the same
     home runs with policy_decision recording switched off (tests/bench/nodecisions.py).
     """
-    home = workdir / "capgate-home"
+    home = workdir / f"{name}-home"
     env = dict(os.environ, CAPGATE_HOME=str(home))
     env["CAPGATE_UNSAFE_TOKEN_ENDPOINTS"] = json.dumps({"microsoft": token_url})
-    _capgate(home, env, "init")
+    if store_urls is not None:  # PostgreSQL control and vault stores
+        _capgate(home, env, "init", "--store", store_urls[0], "--vault", store_urls[1])
+    else:
+        _capgate(home, env, "init")
     kind, provider = "oauth2_client_credentials", "microsoft"
     _capgate(
         home, env, "cred", "add", "bench-cred", "--provider", provider, "--kind", kind,
@@ -330,12 +335,12 @@ def start_capgate(
 
     port, variant_port = free_port(), free_port()
     started = time.monotonic()
-    proc = procs.spawn(command([str(CAPGATE)], port), name="capgate", cpu=procs.proxy_cpu, env=env)
+    proc = procs.spawn(command([str(CAPGATE)], port), name=name, cpu=procs.proxy_cpu, env=env)
     wait_port(port, proc, timeout=120)
     startup = time.monotonic() - started
     variant = procs.spawn(
         command([sys.executable, "-m", "tests.bench.nodecisions"], variant_port),
-        name="capgate-nodecisions",
+        name=f"{name}-nodecisions",
         cpu=procs.proxy_cpu,
         env=env,
     )
@@ -355,8 +360,8 @@ def start_capgate(
         return Proxy(name, other_port, ca_pem, other, auth)
 
     return CapgateSetup(
-        Proxy("capgate", port, ca_pem, proc, auth),
-        Proxy("capgate-nodecisions", variant_port, ca_pem, variant, auth),
+        Proxy(name, port, ca_pem, proc, auth),
+        Proxy(f"{name}-nodecisions", variant_port, ca_pem, variant, auth),
         kind,
         startup,
         another,

@@ -164,3 +164,19 @@ def test_strict_rotation_over_two_replicas_keeps_the_grant(
     assert all(serving_pids(p) == set() for p, _ in proxies)  # single processes, no tags
     listed = json.loads(cluster.b.cli("cred", "list", "--json"))
     assert [c["status"] for c in listed if c["name"] == "mail"] == ["active"]
+
+
+def test_the_cluster_example_shows_a_delete_taking_effect_on_both(postgres: object) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "cluster" / "run.py")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: the delete took effect on both proxies" in done.stdout
+    assert "ghp_clusterDemoToken" not in done.stdout + done.stderr
