@@ -22,7 +22,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +35,8 @@ OperationalError: tuple[type[Exception], ...] = (sqlite3.OperationalError, psyco
 IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 PG_SCHEMES = ("postgresql", "postgres")
+# Extra psycopg dumpers every store connection registers (pgstore adds bool -> INTEGER).
+DUMPERS: list[tuple[type, type]] = []
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -117,6 +119,10 @@ def translate(sql: str) -> str:
     return out
 
 
+def _is_read(sql: str) -> bool:
+    return sql.lstrip()[:6].upper() == "SELECT"
+
+
 class PgCursor:
     """What the broker reads from `execute()`: fetchone, fetchall, rowcount, iteration."""
 
@@ -146,29 +152,64 @@ class PgConnection:
 
     def __init__(self, url: str, *, application_name: str = "capgate") -> None:
         self.url = url
-        self.raw: psycopg.Connection[Row] = psycopg.connect(
-            url,
+        self._application_name = application_name
+        self.raw: psycopg.Connection[Row] = self._connect()
+        self._in_transaction = False
+        self.reconnects = 0
+
+    def _connect(self) -> psycopg.Connection[Row]:
+        conn = psycopg.connect(
+            self.url,
             autocommit=True,
             row_factory=_rows,
-            application_name=application_name,
+            application_name=self._application_name,
             connect_timeout=10,
             keepalives=1,
             keepalives_idle=10,
             keepalives_interval=5,
             keepalives_count=3,
         )
+        for adapted, dumper in DUMPERS:
+            conn.adapters.register_dumper(adapted, dumper)
+        return conn
+
+    def _usable(self) -> psycopg.Connection[Row]:
+        """The connection, reopened first if the server ended the session (a restart, a
+        failover) while no transaction was open; inside one the error propagates."""
+        if self.raw.broken or self.raw.closed:
+            if self._in_transaction:
+                raise psycopg.OperationalError("the store connection was lost")
+            self.raw.close()
+            self.raw = self._connect()
+            self.reconnects += 1
+        return self.raw
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PgCursor:
-        cursor = self.raw.cursor()
-        cursor.execute(translate(sql), params if params else None)
+        query, args = translate(sql), params if params else None
+        try:
+            cursor = self._usable().cursor()
+            cursor.execute(query, args)
+        except psycopg.OperationalError:
+            # A read outside a transaction on a session the server ended (found out only
+            # now) is retried once on a new session; anything else propagates.
+            if self._in_transaction or not self.raw.broken or not _is_read(sql):
+                raise
+            cursor = self._usable().cursor()
+            cursor.execute(query, args)
         return PgCursor(cursor)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
-        with self.raw.cursor() as cursor:
+        with self._usable().cursor() as cursor:
             cursor.executemany(translate(sql), list(rows))
 
-    def transaction(self) -> AbstractContextManager[psycopg.Transaction]:
-        return self.raw.transaction()
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Transaction]:
+        with self._usable().transaction() as tx:
+            self._in_transaction = True
+            try:
+                yield tx
+            finally:
+                self._in_transaction = False
 
     def close(self) -> None:
         self.raw.close()

@@ -27,7 +27,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
-from .engine import PgConnection, redact_url
+from .engine import DUMPERS, PgConnection, redact_url
 from .errors import CapgateError
 
 WRITE_LOCK = 0x63617067  # "capg": the one lock every write transaction takes
@@ -111,6 +111,9 @@ class _BoolAsInt(Dumper):
         return b"1" if obj else b"0"
 
 
+DUMPERS.append((bool, _BoolAsInt))
+
+
 def connect(url: str, what: str) -> PgConnection:
     """A connection to the store at `url`; CapgateError naming it (without password)."""
     try:
@@ -119,7 +122,6 @@ def connect(url: str, what: str) -> PgConnection:
         raise CapgateError(
             f"cannot connect to the {what} store {redact_url(url)}: {_reason(exc, url)}"
         ) from None
-    conn.raw.adapters.register_dumper(bool, _BoolAsInt)
     return conn
 
 

@@ -23,6 +23,8 @@ from capgate.broker.secretvalue import SecretValue
 from capgate.broker.store import MIGRATIONS, ControlStore
 from capgate.broker.stores import Stores
 
+pytestmark = pytest.mark.slow  # a private PostgreSQL cluster and fresh databases
+
 CANARY = "ghp_PGcanaryCredential_a1b2c3d4e5f60718"
 
 
@@ -227,3 +229,25 @@ def wait(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-d
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.01)
+
+
+def test_a_store_reconnects_after_the_server_ends_its_session(
+    two_homes: tuple[Home, Home],
+) -> None:
+    first, _ = two_homes
+    stores = Stores.open(first)
+    try:
+        org = stores.control.org_id("acme", create=True)
+        stores.secrets.set(org, "tenant", SecretValue("t1"))
+        with psycopg.connect(first.store_url or "", autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'capgate-control' AND pid <> pg_backend_pid()"
+            )
+        time.sleep(0.2)
+        # the next read opens a new session and succeeds
+        assert [r.name for r in stores.secrets.list_secrets(org)] == ["tenant"]
+        stores.secrets.set(org, "tenant-2", SecretValue("t2"))  # and writes work again
+        assert stores.control.conn.reconnects == 1  # type: ignore[union-attr]
+    finally:
+        stores.close()
