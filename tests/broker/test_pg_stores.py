@@ -251,3 +251,37 @@ def test_a_store_reconnects_after_the_server_ends_its_session(
         assert stores.control.conn.reconnects == 1  # type: ignore[union-attr]
     finally:
         stores.close()
+
+
+def test_a_replica_killed_while_holding_a_credential_lock_releases_it(
+    two_homes: tuple[Home, Home],
+) -> None:
+    first, second = two_homes
+    holder_code = (
+        "import sys, time; from pathlib import Path; from capgate.broker.home import Home; "
+        "from capgate.broker.store import ControlStore; "
+        "s = ControlStore.open(Home(Path(sys.argv[1]))); "
+        "lock = s.credential_lock('cred_dead'); lock.__enter__(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(first.root)], stdout=subprocess.PIPE, text=True
+    )
+    store = ControlStore.open(second)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        got = threading.Event()
+
+        def take() -> None:
+            with store.credential_lock("cred_dead"):
+                got.set()
+
+        waiter = threading.Thread(target=take, daemon=True)
+        waiter.start()
+        assert not got.wait(0.5)  # blocked while the other replica holds it
+        holder.kill()  # a replica dies mid-refresh
+        holder.wait(timeout=10)
+        assert got.wait(10)  # its session ended, and the lock with it
+    finally:
+        holder.kill()
+        store.close()
