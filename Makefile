@@ -14,6 +14,16 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
+	@# capgate exec contains the agent with bubblewrap (Debian's bubblewrap package).
+	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q bubblewrap >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }); } || \
+	  echo "bubblewrap not installed: capgate exec needs it (or --no-contain)" >&2
+	@# Node's fetch through the proxy: undici for capgate's preload (proxy/contain/node).
+	@if command -v npm >/dev/null; then \
+	  (cd proxy/contain/node && npm ci --no-audit --no-fund --omit=dev --loglevel=error) || \
+	  echo "npm ci failed: Node's fetch will not use the proxy under capgate exec" >&2; \
+	else echo "npm not found: Node's fetch will not use the proxy under capgate exec" >&2; fi
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,8 +40,13 @@ postgres:
 	    { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }) || \
 	    echo "PostgreSQL not installed: its tests will be skipped (errors in CI)" >&2; }
 
+# Everything, slow tier included (the demo, the CLI-process e2e suites, the races).
 test: $(STAMP) postgres
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The tier for every edit: tests not marked slow (@pytest.mark.slow: more than ~5 s).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)
 	@# A fast local upstream for the load (the bench falls back to its asyncio server without it).

@@ -69,3 +69,17 @@ def list_events(store: ControlStore, org_id: str, *, limit: int | None = None) -
         params += (limit,)
     rows = store.query(sql, params)
     return [AuditEvent(**dict(row)) for row in reversed(rows)]
+
+
+def page(
+    store: ControlStore, org_id: str, *, after: int | None = None, limit: int = 100
+) -> list[AuditEvent]:
+    """One page of the org's events, oldest first: after the cursor `after` (an event id),
+    or the newest `limit` events."""
+    if after is not None:
+        rows = store.query(
+            "SELECT * FROM audit_events WHERE org_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (org_id, after, limit),
+        )
+        return [AuditEvent(**dict(row)) for row in rows]
+    return list_events(store, org_id, limit=limit)

@@ -125,23 +125,17 @@ class Consent:
 
     @property
     def scopes(self) -> tuple[str, ...]:
-        extra = self.provider.oauth.consent_scopes if self.provider.oauth else ()
-        return (*self.cred.scopes, *(s for s in extra if s not in self.cred.scopes))
+        return consent_scopes(self.provider, self.cred)
 
     def authorization_url(self) -> str:
-        config = self.cred.provider_config
-        params = {
-            "response_type": "code",
-            "client_id": config.get("client_id", ""),
-            "redirect_uri": self.redirect_uri,
-            "scope": " ".join(self.scopes),
-            "state": self.state,
-            "code_challenge": create_s256_code_challenge(self._verifier.reveal()),
-            "code_challenge_method": "S256",
-            **dict(self.provider.oauth.authorize_params if self.provider.oauth else ()),
-        }
-        base = self.endpoints.authorize_url(self.provider, config)
-        return f"{base}{'&' if '?' in base else '?'}{urlencode(params)}"
+        return authorization_url(
+            self.provider,
+            self.cred,
+            self.endpoints,
+            redirect_uri=self.redirect_uri,
+            state=self.state,
+            verifier=self._verifier,
+        )
 
     def wait_for_code(self, timeout: float) -> SecretValue:
         """Block until the browser comes back with a code for our state."""
@@ -157,24 +151,76 @@ class Consent:
         self, code: SecretValue, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT
     ) -> TokenGrant:
         """Trade the code (with the PKCE verifier) for tokens; a refresh token is required."""
-        config = self.cred.provider_config
-        form: dict[str, str | SecretValue] = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": self.redirect_uri,
-            "client_id": config.get("client_id", ""),
-            "code_verifier": self._verifier,
-        }
-        if self.client_secret is not None:
-            form["client_secret"] = self.client_secret
-        url = self.endpoints.token_url(self.provider, config)
-        with httpx.Client(timeout=timeout) as client:
-            try:
-                grant = request_token_sync(client, url, form)
-            except MintError as exc:
-                raise ConsentError(f"the token endpoint refused the code: {exc.code}") from None
-        if grant.refresh_token is None:
-            raise ConsentError(
-                "the provider returned no refresh token (it must grant offline access)"
-            )
-        return grant
+        return exchange_code(
+            self.provider,
+            self.cred,
+            self.endpoints,
+            code=code,
+            redirect_uri=self.redirect_uri,
+            verifier=self._verifier,
+            client_secret=self.client_secret,
+            timeout=timeout,
+        )
+
+
+def consent_scopes(provider: Provider, cred: ResolvedCredential) -> tuple[str, ...]:
+    extra = provider.oauth.consent_scopes if provider.oauth else ()
+    return (*cred.scopes, *(s for s in extra if s not in cred.scopes))
+
+
+def authorization_url(
+    provider: Provider,
+    cred: ResolvedCredential,
+    endpoints: Endpoints,
+    *,
+    redirect_uri: str,
+    state: str,
+    verifier: SecretValue,
+) -> str:
+    """The provider's authorization URL for this credential: state and PKCE S256."""
+    config = cred.provider_config
+    params = {
+        "response_type": "code",
+        "client_id": config.get("client_id", ""),
+        "redirect_uri": redirect_uri,
+        "scope": " ".join(consent_scopes(provider, cred)),
+        "state": state,
+        "code_challenge": create_s256_code_challenge(verifier.reveal()),
+        "code_challenge_method": "S256",
+        **dict(provider.oauth.authorize_params if provider.oauth else ()),
+    }
+    base = endpoints.authorize_url(provider, config)
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(params)}"
+
+
+def exchange_code(
+    provider: Provider,
+    cred: ResolvedCredential,
+    endpoints: Endpoints,
+    *,
+    code: SecretValue,
+    redirect_uri: str,
+    verifier: SecretValue,
+    client_secret: SecretValue | None,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+) -> TokenGrant:
+    """Trade a code (with the PKCE verifier) for tokens; a refresh token is required."""
+    config = cred.provider_config
+    form: dict[str, str | SecretValue] = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "client_id": config.get("client_id", ""),
+        "code_verifier": verifier,
+    }
+    if client_secret is not None:
+        form["client_secret"] = client_secret
+    url = endpoints.token_url(provider, config)
+    with httpx.Client(timeout=timeout) as client:
+        try:
+            grant = request_token_sync(client, url, form)
+        except MintError as exc:
+            raise ConsentError(f"the token endpoint refused the code: {exc.code}") from None
+    if grant.refresh_token is None:
+        raise ConsentError("the provider returned no refresh token (it must grant offline access)")
+    return grant

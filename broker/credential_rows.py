@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -71,7 +72,34 @@ class CredentialRow:
         return data
 
 
-def row_from_sql(row) -> CredentialRow:
+PUBLIC_FIELDS = (
+    "id",
+    "name",
+    "user",
+    "provider",
+    "kind",
+    "scopes",
+    "provider_config",
+    "status",
+    "last_minted_at",
+    "last_minted_status",
+    "allow_user_override",
+    "created_at",
+    "updated_at",
+)
+
+
+def public_json(row: CredentialRow) -> dict:
+    """The row as the control plane shows it: no org/user ids, no refs of any kind."""
+    data = row.to_json()
+    out = {key: data[key] for key in PUBLIC_FIELDS}
+    out["provider_config"] = {
+        k: v for k, v in row.provider_config.items() if not k.endswith("_ref")
+    }
+    return out
+
+
+def row_from_sql(row: sqlite3.Row) -> CredentialRow:
     return CredentialRow(
         id=row["id"],
         org_id=row["org_id"],

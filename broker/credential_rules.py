@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING
 
 from .credential_rows import CredentialSpec
-from .errors import Conflict, FieldError
+from .errors import Conflict, Exists, FieldError
 from .providers import USER_SCOPABLE_KINDS, Kind, validate_credential_spec
 from .secretvalue import SecretValue
 
@@ -99,7 +99,7 @@ def check_new_row(conn: Connection, org_id: str, spec: CredentialSpec, user_id: 
     user_rows = [r for r in rows if r["user_id"] is not None]
     owner = "" if user_id is None else f" for user {spec.user!r}"
     if any(r["user_id"] == user_id for r in rows):
-        raise Conflict(
+        raise Exists(
             f"credential {spec.name!r}{owner} already exists; use cred update to replace "
             "its value, or cred delete first"
         )

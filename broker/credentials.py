@@ -31,7 +31,7 @@ from .errors import FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .providers import Kind
 from .secretvalue import SecretValue
-from .store import ControlStore, check_name, new_id
+from .store import Connection, ControlStore, check_name, new_id
 from .vault import Vault
 
 
@@ -230,7 +230,9 @@ class Credentials:
             self._vault.delete(row.provider_config[CLIENT_SECRET_REF])
         return self.get_by_id(row.id)
 
-    def delete(self, org_id: str, name: str, user: str | None = None, *, actor=None) -> None:
+    def delete(
+        self, org_id: str, name: str, user: str | None = None, *, actor: str | None = None
+    ) -> None:
         """Remove the row, then its vault entries; other processes see it on their next check."""
         row = self.get(org_id, name, user)
         with self._store.write() as conn:
@@ -246,7 +248,12 @@ class Credentials:
     # -- mint-side writes ------------------------------------------------------------
 
     def replace_durable_value(
-        self, credential_id: str, expected_ref: str | None, value: SecretValue, *, actor="broker"
+        self,
+        credential_id: str,
+        expected_ref: str | None,
+        value: SecretValue,
+        *,
+        actor: str = "broker",
     ) -> bool:
         """Store `value` as the durable value if the row still points at `expected_ref`.
 
@@ -288,7 +295,7 @@ class Credentials:
         return True
 
     def set_status(
-        self, credential_id: str, to_status: str, reason: str, *, actor="broker"
+        self, credential_id: str, to_status: str, reason: str, *, actor: str = "broker"
     ) -> bool:
         """Move a row to `to_status`; one audit row when (and only when) it changed."""
         if to_status not in STATUSES:
@@ -333,7 +340,9 @@ class Credentials:
             raise NotFound(f"user {user!r} does not exist; add it with capgate user add")
         return rows[0]["id"]
 
-    def _put(self, org_id, value, client_secret) -> _NewRefs:
+    def _put(
+        self, org_id: str, value: SecretValue | None, client_secret: SecretValue | None
+    ) -> _NewRefs:
         refs = _NewRefs()
         try:
             if value is not None:
@@ -346,7 +355,15 @@ class Credentials:
         return refs
 
     @staticmethod
-    def _audit(conn, org_id, actor, action, name, user, **status) -> None:
+    def _audit(
+        conn: Connection,
+        org_id: str,
+        actor: str | None,
+        action: str,
+        name: str,
+        user: str | None,
+        **status: str | None,
+    ) -> None:
         target = name if user is None else f"{name} (user {user})"
         audit.record(
             conn,

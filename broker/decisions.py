@@ -226,3 +226,35 @@ def _stored(row: sqlite3.Row) -> StoredDecision:
         duration_ms=row["duration_ms"],
     )
     return StoredDecision(row["id"], decision)
+
+
+def page(
+    store: ControlStore,
+    org_id: str,
+    *,
+    workspace_id: str | None = None,
+    user_id: str | None = None,
+    after: int | None = None,
+    limit: int = 100,
+) -> list[StoredDecision]:
+    """One page of the org's decisions, oldest first (newest last).
+
+    With `after` (a row id: the cursor), the `limit` rows that follow it; without, the
+    newest `limit` rows. `user_id` keeps only decisions of that user's workspaces.
+    """
+    where: list[str] = ["org_id = ?"]
+    params: list[str | int] = [org_id]
+    if workspace_id is not None:
+        where.append("workspace_id = ?")
+        params.append(workspace_id)
+    if user_id is not None:
+        where.append("workspace_id IN (SELECT id FROM workspaces WHERE user_id = ?)")
+        params.append(user_id)
+    if after is not None:
+        where.append("id > ?")
+        params.append(after)
+    order = "ASC" if after is not None else "DESC"
+    sql = f"SELECT * FROM policy_decisions WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+    rows = store.query(sql, (*params, limit))
+    stored = [_stored(r) for r in rows]
+    return stored if after is not None else list(reversed(stored))

@@ -11,11 +11,14 @@ from .providers import FieldError
 __all__ = [
     "CapgateError",
     "Conflict",
+    "Exists",
     "FieldError",
+    "Forbidden",
     "InvalidInput",
     "KeyFileError",
     "NotFound",
     "NotInitialized",
+    "Unauthenticated",
     "VaultError",
 ]
 
@@ -44,6 +47,18 @@ class NotFound(CapgateError):
 
 class Conflict(CapgateError):
     """The request contradicts stored state (already exists, override rule, stale value)."""
+
+
+class Exists(Conflict):
+    """The thing to create exists already (a name is taken)."""
+
+
+class Forbidden(CapgateError):
+    """The caller's role does not allow this action (the control plane's policy)."""
+
+
+class Unauthenticated(CapgateError):
+    """No valid API key or console session (unknown, revoked or expired)."""
 
 
 class InvalidInput(CapgateError):

@@ -86,11 +86,34 @@ PG_V3_WORKSPACE_LEASES = """
 ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS expires_at TEXT;
 """
 
+PG_V4_CONTROL_PLANE = """
+ALTER TABLE users ADD COLUMN IF NOT EXISTS email TEXT;
+CREATE TABLE IF NOT EXISTS api_keys (
+  id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs (id),
+  user_id TEXT NOT NULL REFERENCES users (id), name TEXT, prefix TEXT NOT NULL,
+  sha256 TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT, last_used_at TEXT,
+  revoked_at TEXT);
+CREATE INDEX IF NOT EXISTS idx_api_keys_prefix ON api_keys (prefix);
+CREATE TABLE IF NOT EXISTS console_links (
+  sha256 TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs (id),
+  user_id TEXT NOT NULL REFERENCES users (id), created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL, used_at TEXT);
+CREATE TABLE IF NOT EXISTS console_sessions (
+  sha256 TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs (id),
+  user_id TEXT NOT NULL REFERENCES users (id), created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS oauth_states (
+  sha256 TEXT PRIMARY KEY, org_id TEXT NOT NULL, credential_id TEXT NOT NULL,
+  user_id TEXT NOT NULL, redirect_uri TEXT NOT NULL, verifier_ref TEXT, return_to TEXT,
+  created_at TEXT, expires_at TEXT NOT NULL, used_at TEXT);
+"""
+
 # Index i upgrades schema version i to i + 1, the twin of store.MIGRATIONS[i].
 PG_MIGRATIONS: tuple[str, ...] = (
     PG_V1_CORE,
     PG_V2_DECISIONS_AND_CHANGES,
     PG_V3_WORKSPACE_LEASES,
+    PG_V4_CONTROL_PLANE,
 )
 
 VAULT_SCHEMA = (

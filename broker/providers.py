@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 
 class Kind(StrEnum):
@@ -56,6 +57,22 @@ class OAuthEndpoints:
 
 
 @dataclass(frozen=True)
+class VerifyCall:
+    """One safe, read-only call that shows a static credential works (`cred verify`).
+
+    `json_ok`: the provider answers 200 for a bad token too and says `"ok": false` in
+    the body (Slack), so success needs `"ok": true` as well. OAuth kinds verify by minting.
+    """
+
+    method: str
+    url: str
+    json_ok: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+@dataclass(frozen=True)
 class Provider:
     """One provider: legal kinds and where its credential goes on the wire.
 
@@ -75,6 +92,7 @@ class Provider:
     default_username: str | None = None
     default_hosts: tuple[str, ...] = ()
     oauth: OAuthEndpoints | None = None
+    verify: VerifyCall | None = None  # static kinds; None: the provider has no fixed host
 
     @property
     def accepted_config(self) -> frozenset[str]:
@@ -82,13 +100,15 @@ class Provider:
         return frozenset(keys | self.required_config)
 
 
-def _api_key(slug: str, header: str = "Authorization", fmt: str = "Bearer {v}", **kw) -> Provider:
+def _api_key(
+    slug: str, header: str = "Authorization", fmt: str = "Bearer {v}", **kw: Any
+) -> Provider:
     return Provider(
         slug=slug, kinds=frozenset({Kind.API_KEY}), header=header, value_format=fmt, **kw
     )
 
 
-def _basic(slug: str, **kw) -> Provider:
+def _basic(slug: str, **kw: Any) -> Provider:
     return Provider(
         slug=slug, kinds=frozenset({Kind.BASIC_AUTH}), value_format="Basic {basic}", **kw
     )
@@ -139,17 +159,20 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         fmt="{v}",
         companion_headers=(("anthropic-version", "2023-06-01"),),
         default_hosts=("api.anthropic.com",),
+        verify=VerifyCall("GET", "https://api.anthropic.com/v1/models"),
     ),
     _api_key(
         "openai",
         config_headers=(("organization", "OpenAI-Organization"), ("project", "OpenAI-Project")),
         default_hosts=("api.openai.com",),
+        verify=VerifyCall("GET", "https://api.openai.com/v1/models"),
     ),
     _api_key(
         "gemini",
         header="x-goog-api-key",
         fmt="{v}",
         default_hosts=("generativelanguage.googleapis.com",),
+        verify=VerifyCall("GET", "https://generativelanguage.googleapis.com/v1beta/models"),
     ),
     _api_key(
         "azure_openai",
@@ -157,40 +180,80 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         fmt="{v}",
         config_query=(("api_version", "api-version"),),
     ),
-    _api_key("slack_bot", default_hosts=("slack.com",)),
+    _api_key(
+        "slack_bot",
+        default_hosts=("slack.com",),
+        verify=VerifyCall("POST", "https://slack.com/api/auth.test", json_ok=True),
+    ),
     _api_key(
         "github_pat",
         companion_headers=(("X-GitHub-Api-Version", "2022-11-28"),),
         default_hosts=("api.github.com",),
+        verify=VerifyCall("GET", "https://api.github.com/user"),
     ),
     _api_key(
         "notion_token",
         companion_headers=(("Notion-Version", "2022-06-28"),),
         config_headers=(("notion_version", "Notion-Version"),),
         default_hosts=("api.notion.com",),
+        verify=VerifyCall("GET", "https://api.notion.com/v1/users/me"),
     ),
     _api_key("linear_pat", fmt="{v}", default_hosts=("api.linear.app",)),
-    _api_key("hubspot_pat", default_hosts=("api.hubapi.com",)),
+    _api_key(
+        "hubspot_pat",
+        default_hosts=("api.hubapi.com",),
+        verify=VerifyCall("GET", "https://api.hubapi.com/account-info/v3/details"),
+    ),
     _api_key(
         "discord_bot",
         fmt="Bot {v}",
         companion_headers=(("User-Agent", "DiscordBot (https://github.com/capgate, 0.1)"),),
         config_headers=(("user_agent", "User-Agent"),),
         default_hosts=("discord.com",),
+        verify=VerifyCall("GET", "https://discord.com/api/v10/users/@me"),
     ),
-    _api_key("gitlab_token", header="PRIVATE-TOKEN", fmt="{v}", default_hosts=("gitlab.com",)),
-    _api_key("sendgrid", default_hosts=("api.sendgrid.com",)),
+    _api_key(
+        "gitlab_token",
+        header="PRIVATE-TOKEN",
+        fmt="{v}",
+        default_hosts=("gitlab.com",),
+        verify=VerifyCall("GET", "https://gitlab.com/api/v4/user"),
+    ),
+    _api_key(
+        "sendgrid",
+        default_hosts=("api.sendgrid.com",),
+        verify=VerifyCall("GET", "https://api.sendgrid.com/v3/scopes"),
+    ),
     _api_key(
         "pagerduty",
         fmt="Token token={v}",
         companion_headers=(("Accept", "application/vnd.pagerduty+json;version=2"),),
         default_hosts=("api.pagerduty.com",),
+        verify=VerifyCall("GET", "https://api.pagerduty.com/abilities"),
     ),
     _api_key("grafana", config_headers=(("org_id", "X-Grafana-Org-Id"),)),
     _api_key("databricks"),
-    _api_key("nvd", header="apiKey", fmt="{v}", default_hosts=("services.nvd.nist.gov",)),
-    _api_key("elevenlabs", header="xi-api-key", fmt="{v}", default_hosts=("api.elevenlabs.io",)),
-    _api_key("airtable", default_hosts=("api.airtable.com",)),
+    _api_key(
+        "nvd",
+        header="apiKey",
+        fmt="{v}",
+        default_hosts=("services.nvd.nist.gov",),
+        verify=VerifyCall(
+            "GET", "https://services.nvd.nist.gov/rest/json/cves/2.0?resultsPerPage=1"
+        ),
+    ),
+    _api_key(
+        "elevenlabs",
+        header="xi-api-key",
+        fmt="{v}",
+        default_hosts=("api.elevenlabs.io",),
+        verify=VerifyCall("GET", "https://api.elevenlabs.io/v1/user"),
+    ),
+    _api_key(
+        "airtable",
+        default_hosts=("api.airtable.com",),
+        verify=VerifyCall("GET", "https://api.airtable.com/v0/meta/whoami"),
+    ),
     _api_key("splunk"),
     _api_key(
         "newrelic",
@@ -204,8 +267,18 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
     _basic(
         "confluence", required_config=frozenset({"username"}), default_hosts=("*.atlassian.net",)
     ),
-    _basic("gitlab_git_https", default_username="oauth2", default_hosts=("gitlab.com",)),
-    _basic("github_git_https", default_username="x-access-token", default_hosts=("github.com",)),
+    _basic(
+        "gitlab_git_https",
+        default_username="oauth2",
+        default_hosts=("gitlab.com",),
+        verify=VerifyCall("GET", "https://gitlab.com/api/v4/user"),
+    ),
+    _basic(
+        "github_git_https",
+        default_username="x-access-token",
+        default_hosts=("github.com",),
+        verify=VerifyCall("GET", "https://api.github.com/user"),
+    ),
     Provider(
         slug="google_search",
         kinds=frozenset({Kind.QUERY_API_KEY}),

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from . import audit, changes, vault
-from .errors import Conflict, FieldError, InvalidInput, NotFound
+from .errors import Exists, FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .secretvalue import SecretValue
 from .store import ControlStore, check_name, new_id
@@ -37,7 +37,9 @@ class Secrets:
         self._store = store
         self._vault = vault_
 
-    def set(self, org_id: str, name: str, value: SecretValue, *, actor=None) -> SecretRow:
+    def set(
+        self, org_id: str, name: str, value: SecretValue, *, actor: str | None = None
+    ) -> SecretRow:
         """Store a new secret; InvalidInput for an empty value, Conflict when it exists."""
         check_name("name", name)
         if not value.reveal():
@@ -83,7 +85,7 @@ class Secrets:
         rows = self._store.query("SELECT * FROM secrets WHERE org_id = ? ORDER BY name", (org_id,))
         return [SecretRow(**dict(r)) for r in rows]
 
-    def delete(self, org_id: str, name: str, *, actor=None) -> None:
+    def delete(self, org_id: str, name: str, *, actor: str | None = None) -> None:
         """Remove the row, then its vault entry."""
         row = self.get(org_id, name)
         with self._store.write() as conn:
@@ -117,7 +119,7 @@ class Secrets:
                 "SELECT 1 FROM secrets WHERE org_id = ? AND name = ?", (org_id, name)
             ).fetchone()
         if found:
-            raise Conflict(
+            raise Exists(
                 f"secret {name!r} already exists; secrets are not updated in place: "
                 f"delete it first (capgate secret delete {name})"
             )

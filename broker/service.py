@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from .credential_rows import ACTIVE, NEEDS_REAUTH
+from .credential_rows import ACTIVE, NEEDS_REAUTH, CredentialRow
 from .decisions import DecisionWriter
 from .errors import FieldError, InvalidInput, NotFound, VaultError
 from .home import Home
@@ -335,7 +335,7 @@ def _cache_key(cred: ResolvedCredential) -> tuple[str, ...]:
     return (cred.id, " ".join(cred.scopes), cred.provider_config.get("subject", ""))
 
 
-def _fingerprint(row) -> str:
+def _fingerprint(row: CredentialRow) -> str:
     """What invalidates a cached token: the row's settings, status and (unless the
     kind rotates it on every refresh) its durable value."""
     rotating = row.kind == Kind.OAUTH2_AUTHORIZATION_CODE

@@ -28,13 +28,15 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import pgstore
+from . import engine, pgstore
 from .engine import PgConnection, is_postgres_url
 from .errors import CapgateError, FieldError, InvalidInput, NotFound
 from .home import Home, now_iso
 
-# A store connection: sqlite3's, or the PostgreSQL wrapper speaking the same interface.
+# A store connection: sqlite3's, or the PostgreSQL wrapper speaking the same interface;
+# and the rows they return (both readable by index and by column name).
 Connection = sqlite3.Connection | PgConnection
+StoreRow = sqlite3.Row | engine.Row
 
 BUSY_TIMEOUT_MS = 10_000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -234,12 +236,84 @@ def _v3_workspace_leases(db: sqlite_utils.Database) -> None:
         workspaces.add_column("expires_at", str)
 
 
+def _v4_control_plane(db: sqlite_utils.Database) -> None:
+    """The control plane (`capgate serve`): users' emails, API keys, console sign-in links
+    and sessions, hosted OAuth consent states. Tokens are stored as SHA-256 only."""
+    if "email" not in db.table("users").columns_dict:
+        db.table("users").add_column("email", str)
+    db.table("api_keys").create(
+        {
+            "id": str,
+            "org_id": str,
+            "user_id": str,
+            "name": str,
+            "prefix": str,
+            "sha256": str,
+            "created_at": str,
+            "expires_at": str,
+            "last_used_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "user_id", "prefix", "sha256", "created_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+        if_not_exists=True,
+    )
+    db.table("api_keys").create_index(["prefix"], if_not_exists=True)
+    db.table("console_links").create(
+        {
+            "sha256": str,
+            "org_id": str,
+            "user_id": str,
+            "created_at": str,
+            "expires_at": str,
+            "used_at": str,
+        },
+        pk="sha256",
+        not_null={"org_id", "user_id", "created_at", "expires_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+        if_not_exists=True,
+    )
+    db.table("console_sessions").create(
+        {
+            "sha256": str,
+            "org_id": str,
+            "user_id": str,
+            "created_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+        },
+        pk="sha256",
+        not_null={"org_id", "user_id", "created_at", "expires_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("user_id", "users", "id")],
+        if_not_exists=True,
+    )
+    db.table("oauth_states").create(
+        {
+            "sha256": str,
+            "org_id": str,
+            "credential_id": str,
+            "user_id": str,
+            "redirect_uri": str,
+            "verifier_ref": str,  # the PKCE verifier lives in the vault
+            "return_to": str,
+            "created_at": str,
+            "expires_at": str,
+            "used_at": str,
+        },
+        pk="sha256",
+        not_null={"org_id", "credential_id", "user_id", "redirect_uri", "expires_at"},
+        if_not_exists=True,
+    )
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 # Index i upgrades schema version i to i + 1. Append only; never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_core,
     _v2_decisions_and_changes,
     _v3_workspace_leases,
+    _v4_control_plane,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -278,6 +352,10 @@ _ORG_TABLES = (
     "agent_tokens",
     "audit_events",
     "policy_decisions",
+    "api_keys",
+    "console_links",
+    "console_sessions",
+    "oauth_states",
 )
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .apikeys import ApiKeys
 from .changes import ChangeWatcher, PgChangeWatcher
 from .credentials import Credentials
 from .home import Home
+from .hosted_consent import HostedConsents
 from .secrets import Secrets
+from .sessions import Sessions
 from .store import ControlStore
 from .vault import Vault
 from .workspaces import Workspaces
@@ -27,6 +30,9 @@ class Stores:
     secrets: Secrets
     workspaces: Workspaces
     changes: ChangeWatcher | PgChangeWatcher
+    api_keys: ApiKeys
+    sessions: Sessions
+    consents: HostedConsents
 
     @classmethod
     def open(cls, root: Path | Home) -> Stores:
@@ -35,14 +41,19 @@ class Stores:
         home.require_initialized()
         vault = Vault.open(home)
         control = ControlStore.open(home)
+        workspaces = Workspaces(control)
+        credentials = Credentials(control, vault)
         return cls(
             home=home,
             control=control,
             vault=vault,
-            credentials=Credentials(control, vault),
+            credentials=credentials,
             secrets=Secrets(control, vault),
-            workspaces=Workspaces(control),
+            workspaces=workspaces,
             changes=ChangeWatcher.for_store(control),
+            api_keys=ApiKeys(control, workspaces),
+            sessions=Sessions(control, workspaces),
+            consents=HostedConsents(control, vault, credentials),
         )
 
     def close(self) -> None:

@@ -45,7 +45,8 @@ VAULT_SCHEMA = (
 CREDENTIAL = "credential"
 CLIENT_SECRET = "client_secret"
 SECRET = "secret"
-ENTRY_KINDS = frozenset({CREDENTIAL, CLIENT_SECRET, SECRET})
+OAUTH_VERIFIER = "oauth_verifier"  # a hosted consent's PKCE verifier, until the callback
+ENTRY_KINDS = frozenset({CREDENTIAL, CLIENT_SECRET, SECRET, OAUTH_VERIFIER})
 
 
 def key_id(kek: bytes) -> str:
@@ -118,6 +119,11 @@ class Vault:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def ping(self) -> None:
+        """Raise unless the vault store answers (for health checks)."""
+        with self._lock:
+            self._conn.execute("SELECT 1").fetchone()
 
     # -- writing ---------------------------------------------------------------------
 

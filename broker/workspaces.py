@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from . import audit, changes
 from .engine import OperationalError
-from .errors import Conflict, FieldError, InvalidInput, NotFound
+from .errors import Conflict, Exists, FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .store import ControlStore, check_name, new_id
 from .types import Workspace
@@ -37,6 +39,12 @@ LAST_USED_INTERVAL_S = 60.0
 MAX_TTL_S = 10 * 365 * 24 * 3600  # a lease longer than this is a typo, not a lease
 
 
+EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+OPERATOR = "operator"
+MEMBER = "member"
+ROLES = (OPERATOR, MEMBER)
+
+
 @dataclass(frozen=True)
 class UserRow:
     id: str
@@ -44,9 +52,20 @@ class UserRow:
     name: str
     operator: bool
     created_at: str
+    email: str | None = None
+
+    @property
+    def role(self) -> str:
+        return OPERATOR if self.operator else MEMBER
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "role": self.role}
+
+
+def check_email(email: str) -> None:
+    """Raise InvalidInput unless `email` looks like one address (no display name)."""
+    if len(email) > 254 or not EMAIL_PATTERN.match(email):
+        raise InvalidInput([FieldError("email", "must be one e-mail address, like a@example.com")])
 
 
 @dataclass(frozen=True)
@@ -111,19 +130,36 @@ class Workspaces:
     # -- users -----------------------------------------------------------------------
 
     def add_user(
-        self, org_id: str, name: str, *, operator: bool = False, actor: str | None = None
+        self,
+        org_id: str,
+        name: str,
+        *,
+        operator: bool = False,
+        email: str | None = None,
+        actor: str | None = None,
     ) -> UserRow:
-        """Create a user; Conflict when the name is taken in this org."""
-        check_name("user", name)
-        row = UserRow(new_id("user"), org_id, name, operator, now_iso())
+        """Create a user; Exists when the name (or the email) is taken in this org."""
+        check_name("name", name)
+        if email is not None:
+            check_email(email)
+        row = UserRow(new_id("user"), org_id, name, operator, now_iso(), email)
         with self._store.write() as conn:
             if conn.execute(
                 "SELECT 1 FROM users WHERE org_id = ? AND name = ?", (org_id, name)
             ).fetchone():
-                raise Conflict(f"user {name!r} already exists")
+                raise Exists(f"user {name!r} already exists")
+            if (
+                email is not None
+                and conn.execute(
+                    "SELECT 1 FROM users WHERE org_id = ? AND lower(email) = lower(?)",
+                    (org_id, email),
+                ).fetchone()
+            ):
+                raise Exists("another user of the org has that email")
             conn.execute(
-                "INSERT INTO users (id, org_id, name, operator, created_at) VALUES (?, ?, ?, ?, ?)",
-                (row.id, org_id, name, int(operator), row.created_at),
+                "INSERT INTO users (id, org_id, name, operator, created_at, email)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, org_id, name, int(operator), row.created_at, email),
             )
             audit.record(
                 conn,
@@ -324,11 +360,18 @@ _WORKSPACE_SELECT = (
 )
 
 
-def _user(row) -> UserRow:
-    return UserRow(row["id"], row["org_id"], row["name"], bool(row["operator"]), row["created_at"])
+def _user(row: sqlite3.Row) -> UserRow:
+    return UserRow(
+        row["id"],
+        row["org_id"],
+        row["name"],
+        bool(row["operator"]),
+        row["created_at"],
+        row["email"],
+    )
 
 
-def _workspace(row) -> WorkspaceRow:
+def _workspace(row: sqlite3.Row) -> WorkspaceRow:
     return WorkspaceRow(
         row["id"],
         row["org_id"],

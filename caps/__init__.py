@@ -5,8 +5,10 @@ Pure: no network, no mitmproxy, no broker; the only I/O is reading the caps file
 
 from __future__ import annotations
 
+from capgate.caps.decide import Verdict, decide, decide_tunnel
 from capgate.caps.errors import BodyEditError, CapsError, Problem
-from capgate.caps.hosts import HostPattern, default_port, normalize_host
+from capgate.caps.hosts import HostPattern, default_port, normalize_host, parse_authority
+from capgate.caps.http import Destination, path_without_query
 from capgate.caps.loader import load_caps, parse_caps
 from capgate.caps.matcher import Matcher
 from capgate.caps.model import (
@@ -40,6 +42,7 @@ __all__ = [
     "Capability",
     "CapsConfig",
     "CapsError",
+    "Destination",
     "Edit",
     "HeaderEdit",
     "HeaderTransform",
@@ -54,11 +57,16 @@ __all__ = [
     "Role",
     "Transform",
     "TransformFailure",
+    "Verdict",
     "WorkspaceView",
     "apply_body_edit",
+    "decide",
+    "decide_tunnel",
     "default_port",
     "evaluate",
     "load_caps",
     "normalize_host",
+    "parse_authority",
     "parse_caps",
+    "path_without_query",
 ]

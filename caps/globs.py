@@ -66,11 +66,3 @@ _ENCODED_SLASH = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
 def decode_slashes(path: str) -> str:
     """The path with percent-encoded slashes and backslashes as `/`."""
     return _ENCODED_SLASH.sub("/", path) if "%" in path else path
-
-
-def strip_query(path: str) -> str:
-    """The path without its query string and fragment."""
-    for mark in ("?", "#"):
-        if mark in path:
-            path = path.split(mark, 1)[0]
-    return path

@@ -1,4 +1,4 @@
-"""Host names: normalisation, default ports and the host patterns of caps.yaml.
+"""Host names: normalisation, default ports, authorities and the host patterns of caps.yaml.
 
 Two spellings of one destination must compare equal, so both the hosts written in
 caps.yaml and the hosts the proxy connects to go through `normalize_host`.
@@ -157,7 +157,12 @@ class HostPattern:
 def parse_host_pattern(text: str) -> HostPattern:
     """Parse and normalise one caps.yaml host; ValueError says what was expected."""
     text = text.strip()
-    host, port = _split_port(text)
+    try:
+        host, port = split_authority(text)
+    except BadPort as exc:
+        raise ValueError(f"bad port in host pattern {text!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"bad host pattern {text!r}: {exc}") from None
     wildcard = host.startswith("*.")
     if wildcard:
         host = host[2:]
@@ -179,24 +184,41 @@ def _parse_ipv4_suffix(host: str) -> bool:
     return all(label.isdigit() for label in host.rstrip(".").split("."))
 
 
-def _split_port(text: str) -> tuple[str, int | None]:
+class BadPort(ValueError):
+    """The port of an authority is not a number in 1-65535."""
+
+
+def split_authority(text: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` → (host as written, port or None).
+
+    A bracketed host keeps its brackets (normalize_host then requires an IPv6 address
+    inside); a host with more than one colon and no brackets is a bare IPv6 address.
+    """
+    text = text.strip()
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise ValueError(f"bad host pattern {text!r}: unbalanced '['")
+            raise ValueError("unbalanced '['")
         host, rest = text[: close + 1], text[close + 1 :]
         if not rest:
             return host, None
         if not rest.startswith(":"):
-            raise ValueError(f"bad host pattern {text!r}: expected ':PORT' after ']'")
-        return host, _parse_port(text, rest[1:])
+            raise ValueError("expected ':PORT' after ']'")
+        return host, _port(rest[1:])
     if text.count(":") == 1:
         host, port = text.split(":")
-        return host, _parse_port(text, port)
+        return host, _port(port)
     return text, None
 
 
-def _parse_port(text: str, port: str) -> int:
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in host pattern {text!r}: expected 1-65535")
-    return int(port)
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BadPort("expected 1-65535")
+    return int(text)
+
+
+def parse_authority(value: str, scheme: str) -> tuple[str, int]:
+    """A Host header or :authority → (normalised host, port, the scheme's default if
+    none); ValueError when it is neither a DNS name nor an IP address."""
+    host, port = split_authority(value)
+    return normalize_host(host), port if port is not None else default_port(scheme)

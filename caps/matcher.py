@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from capgate.caps.globs import strip_query
 from capgate.caps.hosts import DEFAULT_PORTS, is_ip_address
+from capgate.caps.http import path_without_query
 
 if TYPE_CHECKING:
     from capgate.caps.model import Capability
@@ -46,7 +46,7 @@ class Matcher:
         """
         scheme = scheme.lower()
         method = method.upper()
-        path = strip_query(path)
+        path = path_without_query(path)
         best: Capability | None = None
         for bucket in self._buckets(scheme, host, port):
             for capability in bucket:

@@ -9,8 +9,9 @@ from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from capgate.caps.cel import CelExpression, record
-from capgate.caps.globs import decode_slashes, has_dot_segment, strip_query
+from capgate.caps.globs import decode_slashes, has_dot_segment
 from capgate.caps.hosts import HostPattern
+from capgate.caps.http import path_without_query
 from capgate.caps.matcher import Matcher
 
 # The closed provider enum of PROVIDERS.md. caps/ may not import broker/, so the slugs are
@@ -319,7 +320,7 @@ class Capability:
         """The linear, index-free check of all five parts (host already normalised)."""
         scheme = scheme.lower()
         destination = any(h.matches(scheme, host, port) for h in self.hosts)
-        return destination and self.allows_request(scheme, method, strip_query(path))
+        return destination and self.allows_request(scheme, method, path_without_query(path))
 
 
 @dataclass(frozen=True)

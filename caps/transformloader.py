@@ -10,6 +10,7 @@ import re
 import yaml
 
 from capgate.caps.cel import CelCompileError, CelExpression, compile_expression
+from capgate.caps.http import MAX_HEADER_NAME, forbidden_header, valid_header_name, valid_query_name
 from capgate.caps.model import (
     AUTH_PROVIDERS,
     Action,
@@ -20,29 +21,12 @@ from capgate.caps.model import (
     QueryTransform,
     Transform,
 )
-from capgate.caps.transforms import parse_pointer, valid_header_name
+from capgate.caps.transforms import parse_pointer
 from capgate.caps.yamlnodes import Entries, NodeReader
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _ACTIONS: dict[str | None, Action] = {"set": "set", "append": "append", "remove": "remove"}
 _TRANSFORM_KINDS = ("auth", "header", "query", "body", "path")
-# Headers that route or frame the request: a transform changing them could redirect a
-# credential (Host) or desynchronise the connection (framing).
-_PROTECTED_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "upgrade",
-        "te",
-        "trailer",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "expect",
-    }
-)
 
 
 class TransformReader:
@@ -125,11 +109,11 @@ class TransformReader:
         if name is not None and not valid_header_name(name):
             self.r.problem(
                 fields["name"][1],
-                f"invalid header name {name!r}: expected an HTTP "
-                "token (letters, digits and !#$%&'*+-.^_`|~)",
+                f"invalid header name {name!r}: expected an HTTP token (letters, digits and "
+                f"!#$%&'*+-.^_`|~) of at most {MAX_HEADER_NAME} characters",
             )
             name = None
-        elif name is not None and name.lower() in _PROTECTED_HEADERS:
+        elif name is not None and forbidden_header(name):
             self.r.problem(
                 fields["name"][1],
                 f"header {name!r} cannot be changed by a transform "
@@ -143,7 +127,7 @@ class TransformReader:
 
     def _query(self, node: yaml.Node, fields: Entries, index: int, line: int) -> Transform | None:
         name = self._field_name(node, fields, "query")
-        if name is not None and (not name or any(ord(c) < 0x20 or c in "&=#" for c in name)):
+        if name is not None and not valid_query_name(name):
             self.r.problem(fields["name"][1], f"invalid query parameter name {name!r}")
             name = None
         action, value, ok = self._action_value(node, fields, "query")

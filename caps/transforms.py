@@ -16,6 +16,7 @@ from typing import Any
 
 from capgate.caps.cel import FAILED, NotPlain, Part, run, secrets_to_cel, to_plain
 from capgate.caps.errors import BodyEditError
+from capgate.caps.http import valid_header_value, valid_path, valid_query_value
 from capgate.caps.model import (
     AuthTransform,
     BodyEdit,
@@ -32,35 +33,6 @@ from capgate.caps.model import (
     TransformFailure,
     WorkspaceView,
 )
-
-MAX_VALUE_BYTES = 8192
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_PATH_FORBIDDEN = re.compile(r"[\x00-\x20\x7f?#]")
-
-
-def valid_header_name(name: str) -> bool:
-    """An RFC 9110 token of at most 8 KiB."""
-    return bool(_HEADER_NAME.fullmatch(name)) and len(name) <= MAX_VALUE_BYTES
-
-
-def valid_header_value(value: str) -> bool:
-    """No CR, LF, NUL or other control character except tab; at most 8 KiB of UTF-8."""
-    return not _CONTROL.search(value) and len(value.encode("utf-8", "replace")) <= MAX_VALUE_BYTES
-
-
-def valid_query_value(value: str) -> bool:
-    """No control character except tab (the value is percent-encoded later); at most 8 KiB."""
-    return valid_header_value(value)
-
-
-def valid_path(path: str) -> bool:
-    """An origin-form path without query or fragment, whitespace or control characters."""
-    return (
-        path.startswith("/")
-        and not _PATH_FORBIDDEN.search(path)
-        and len(path.encode("utf-8", "replace")) <= MAX_VALUE_BYTES
-    )
 
 
 def evaluate(

@@ -1,15 +1,15 @@
 """Applying edits and minted credentials to a mitmproxy request.
 
 Each function returns None when it applied, or a short reason code when it could not;
-values never appear in a reason. Header names and values are validated here again (the
-caps engine validates too): a value with CR, LF or NUL would add a header on the wire.
+values never appear in a reason. Every header, query value and path is checked with the
+rules in `capgate.caps.http` (the ones the caps loader and engine use) right before it is
+written: a value with CR, LF or NUL would add a header on the wire.
 Bodies are written only through `set_content`, which keeps Content-Length right.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,37 +18,8 @@ from mitmproxy.net.http import url
 
 from capgate.broker.providers import PROVIDERS
 from capgate.broker.types import WireCredential
-from capgate.caps import HeaderEdit, PathEdit, QueryEdit
-
-MAX_HEADER_VALUE = 8192
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
-# Headers that frame the message or steer the connection: a transform never touches them.
-FORBIDDEN_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-connection",
-        "expect",
-    }
-)
-
-
-def header_problem(name: str, value: str | None) -> str | None:
-    if not _TOKEN.match(name):
-        return "invalid_header_name"
-    if name.lower() in FORBIDDEN_HEADERS:
-        return "forbidden_header"
-    if value is not None and (_BAD_VALUE.search(value) or len(value) > MAX_HEADER_VALUE):
-        return "invalid_header_value"
-    return None
+from capgate.caps import Edit, HeaderEdit, PathEdit, QueryEdit
+from capgate.caps.http import header_problem, valid_path, valid_query_value
 
 
 def auth_slots(provider: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -136,7 +107,7 @@ def stamp(request: http.Request, wire: WireCredential) -> str | None:
     return None
 
 
-def apply_edit(request: http.Request, edit: Any) -> str | None:
+def apply_edit(request: http.Request, edit: Edit) -> str | None:
     """Apply a header, query or path edit."""
     if isinstance(edit, HeaderEdit):
         problem = header_problem(edit.name, edit.value)
@@ -153,7 +124,7 @@ def apply_edit(request: http.Request, edit: Any) -> str | None:
             set_header(request.headers, edit.name, edit.value or "")
         return None
     if isinstance(edit, QueryEdit):
-        if edit.value is not None and _BAD_VALUE.search(edit.value):
+        if edit.value is not None and not valid_query_value(edit.value):
             return "invalid_query_value"
         if edit.action == "remove":
             edit_query(request, drop=[edit.name])
@@ -164,7 +135,7 @@ def apply_edit(request: http.Request, edit: Any) -> str | None:
         return None
     if isinstance(edit, PathEdit):
         path = edit.path
-        if not path.startswith("/") or any(c in path for c in " ?#\r\n\x00\t"):
+        if not valid_path(path):
             return "invalid_path"
         query = request.path.partition("?")[2]
         request.path = path + ("?" + query if query else "")

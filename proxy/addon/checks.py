@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 
 from mitmproxy import http
 
-from capgate.caps import default_port, normalize_host
+from capgate.caps import Destination, normalize_host, parse_authority
+from capgate.caps.http import has_line_break, target_problem
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
-
-
-@dataclass(frozen=True)
-class Destination:
-    scheme: str
-    host: str  # normalised
-    port: int
 
 
 def destination(request: http.Request) -> Destination:
@@ -51,42 +44,15 @@ def pin_destination(request: http.Request, dest: Destination) -> None:
 
 def request_problem(request: http.Request) -> str | None:
     """A request shape capgate refuses before matching: `bad_target` for a fragment in
-    the request target (not valid HTTP; an upstream that keeps `#` as a path character
-    resolves `/ok#/../admin` past the path glob), `bad_header` for a header value with
-    CR, LF or NUL (an obs-fold, which mitmproxy would forward as a folded line)."""
-    if "#" in request.path:
-        return "bad_target"
+    the request target, `bad_header` for a header value with CR, LF or NUL (an obs-fold,
+    which mitmproxy would forward as a folded line). The rules are in capgate.caps.http."""
+    problem = target_problem(request.path)
+    if problem is not None:
+        return problem
     for _, value in request.headers.fields:
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        if has_line_break(value):
             return "bad_header"
     return None
-
-
-def parse_authority(value: str, scheme: str) -> tuple[str, int]:
-    """`host`, `host:port`, `[v6]` or `[v6]:port` → (normalised host, port with default)."""
-    value = value.strip()
-    port: int | None = None
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0:
-            raise ValueError("unbalanced bracket")
-        host, rest = value[1:close], value[close + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError("junk after bracketed host")
-            port = _port(rest[1:])
-    elif value.count(":") == 1:
-        host, port_text = value.split(":")
-        port = _port(port_text)
-    else:
-        host = value  # a bare IPv6 address or a plain name
-    return normalize_host(host), port if port is not None else default_port(scheme)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError("bad port")
-    return int(text)
 
 
 def authority_mismatch(request: http.Request, dest: Destination) -> bool:

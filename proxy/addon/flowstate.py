@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from mitmproxy import http
 
 from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
+from capgate.caps import BodyTransform, Capability, Destination, RequestView, path_without_query
 
 from .broker_port import BrokerPort
-from .checks import Destination
+from .tripwire import Tripwire
 
 KEY = "capgate"
 access_log = logging.getLogger("capgate.access")
@@ -32,7 +32,7 @@ class FlowState:
     dest: Destination | None = None
     workspace: Workspace | None = None
     activation: Activation | None = None
-    capability: Any = None  # capgate.caps.Capability
+    capability: Capability | None = None
     decision: str = Decision.ALLOW
     reason: str | None = None
     applied: list[str] = field(default_factory=list)
@@ -40,16 +40,12 @@ class FlowState:
     auth_failures: dict[str, str] = field(default_factory=dict)
     scrub: list[LeakPattern] = field(default_factory=list)
     oauth: list[str] = field(default_factory=list)  # credentials stamped with OAuth tokens
-    body_transforms: list[Any] = field(default_factory=list)
-    view: Any = None  # capgate.caps.RequestView
+    body_transforms: list[BodyTransform] = field(default_factory=list)
+    view: RequestView | None = None
     buffered_body: bool = False
-    tripwire: Any = None  # proxy.tripwire.Tripwire, for the body
+    tripwire: Tripwire | None = None  # for the body, when the activation has values
     streamed_hit: str | None = None  # tripwire label found in a streamed body
     recorded: bool = False
-
-
-def path_without_query(path: str) -> str:
-    return path.partition("?")[0].partition("#")[0]
 
 
 def new_state(flow: http.HTTPFlow) -> FlowState:

@@ -22,7 +22,7 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.utils import human
 
 from capgate.broker.types import Decision
-from capgate.caps import CapsError
+from capgate.caps import CapsError, decide, decide_tunnel
 
 from . import inject
 from .apply import drop_headers
@@ -38,7 +38,7 @@ from .checks import (
 )
 from .flowstate import FlowState, finish, get_state, new_state
 from .reload import CapsWatcher
-from .responses import deny_response, proxy_auth_required
+from .responses import deny_response, proxy_auth_required, upstream_cause
 from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
 from .tripwire import tripwire_for
@@ -157,15 +157,9 @@ class CapgateAddon:
             return self._deny(flow, state, 403, "bad_destination")
         pin_destination(flow.request, state.dest)
         self.watcher.poll()
-        config = self.watcher.config
-        if config.unmatched == "deny":
-            matcher = config.matcher(workspace.role)
-            dest = state.dest
-            if not (
-                matcher.could_match("https", dest.host, dest.port)
-                or matcher.could_match("http", dest.host, dest.port)
-            ):
-                return self._deny(flow, state, 403, "no_capability")
+        refusal = decide_tunnel(self.watcher.config, workspace.role, state.dest)
+        if refusal is not None:
+            return self._deny(flow, state, 403, refusal)
         self.tunnels[flow.client_conn] = token  # type: ignore[assignment]
         flow.metadata.pop("capgate", None)  # the tunnel itself is not a request row
 
@@ -173,52 +167,56 @@ class CapgateAddon:
         if flow.response is not None or self.watcher is None:
             return
         state = new_state(flow)
+        refusal = self._admit(flow, state)
+        if refusal is not None:
+            return self._deny(flow, state, *refusal)
+        assert state.workspace is not None and state.dest is not None
+        self.watcher.poll()
+        config, version = self.watcher.config, self.watcher.version
+        state.activation = self.sessions.activation(state.workspace, config, version)
+        label = self._leak_in_head(flow, state)
+        if label is not None:
+            return self._trip(flow, state, label)
+        verdict = decide(config, state.workspace.role, state.dest, state.method, state.path)
+        state.capability, state.reason = verdict.capability, verdict.reason
+        if verdict.deny is not None:
+            return self._deny(flow, state, 403, verdict.deny)
+        if verdict.capability is None:  # unmatched, and the file allows that
+            return self._stream_request(flow, state)
+        if verdict.capability.needs_body:
+            refusal = self._check_buffered_body(flow)
+            if refusal is not None:
+                return self._deny(flow, state, *refusal)
+        await inject.apply_head(self.broker, flow, state)
+        if not verdict.capability.needs_body:
+            self._stream_request(flow, state)
+
+    def _admit(self, flow: http.HTTPFlow, state: FlowState) -> tuple[int, str] | None:
+        """Who is asking and where the request really goes, before any policy: the
+        (status, reason) to refuse with, or None with state.workspace and state.dest set."""
         if not self._identify(flow, state):
-            return self._deny(flow, state, 407, "proxy_auth")
+            return 407, "proxy_auth"
         try:
             state.dest = destination(flow.request)
         except ValueError:
-            return self._deny(flow, state, 403, "bad_destination")
+            return 403, "bad_destination"
         if authority_mismatch(flow.request, state.dest):
-            return self._deny(flow, state, 403, "host_mismatch")
-        if problem := request_problem(flow.request):
-            return self._deny(flow, state, 400, problem)
+            return 403, "host_mismatch"
+        problem = request_problem(flow.request)
+        if problem is not None:
+            return 400, problem
         pin_destination(flow.request, state.dest)
-        self.watcher.poll()
-        config, version = self.watcher.config, self.watcher.version
-        assert state.workspace is not None
-        activation = self.sessions.activation(state.workspace, config, version)
-        state.activation = activation
-        tripwire = tripwire_for(activation.leak_patterns)
-        if tripwire:
-            state.tripwire = tripwire
-            label = inject.find_leak_in_head(tripwire, flow.request, state.dest)
-            if label is not None:
-                return self._trip(flow, state, label)
-        dest = state.dest
-        matcher = config.matcher(state.workspace.role)
-        capability = matcher.match(dest.scheme, dest.host, dest.port, state.method, state.path)
-        if capability is None and dest.scheme == "http":
-            # An https capability for this destination: refuse rather than pass plain http.
-            port = 443 if dest.port == 80 else dest.port
-            if matcher.match("https", dest.host, port, state.method, state.path) is not None:
-                return self._deny(flow, state, 403, "plaintext")
-        if capability is None:
-            if config.unmatched == "deny":
-                return self._deny(flow, state, 403, "no_capability")
-            state.reason = "unmatched"
-            return self._stream_request(flow, state)
-        state.capability = capability
-        if dest.scheme == "http" and not capability.allow_plaintext:
-            return self._deny(flow, state, 403, "plaintext")
-        if capability.needs_body:
-            refusal = self._check_buffered_body(flow)
-            if refusal is not None:
-                status, reason = refusal
-                return self._deny(flow, state, status, reason)
-        await inject.apply_head(self.broker, flow, state)
-        if not capability.needs_body:
-            self._stream_request(flow, state)
+        return None
+
+    def _leak_in_head(self, flow: http.HTTPFlow, state: FlowState) -> str | None:
+        """The label of a stored value the request's head carries (the tripwire runs before
+        matching, on every request); keeps the tripwire on the state for the body."""
+        assert state.activation is not None and state.dest is not None
+        tripwire = tripwire_for(state.activation.leak_patterns)
+        if not tripwire:
+            return None
+        state.tripwire = tripwire
+        return inject.find_leak_in_head(tripwire, flow.request, state.dest)
 
     def _check_buffered_body(self, flow: http.HTTPFlow) -> tuple[int, str] | None:
         headers = flow.request.headers
@@ -270,9 +268,9 @@ class CapgateAddon:
             return
         if state.tripwire and (state.buffered_body or state.body_transforms):
             content = flow.request.get_content(strict=False) or b""
-            label = state.tripwire.find_in_body(content)
-            if label is not None:
-                return self._trip(flow, state, label)
+            hit = state.tripwire.find_in_body(content)
+            if hit is not None:
+                return self._trip(flow, state, hit)
         if state.body_transforms:
             inject.apply_body(flow, state)
 
@@ -355,6 +353,22 @@ class CapgateAddon:
         state = get_state(flow)
         if state is None:
             return
+        message = flow.error.msg if flow.error is not None else ""
+        status = flow.response.status_code if flow.response is not None else None
         if state.reason is None and state.decision == Decision.ALLOW:
-            state.reason = "upstream_error"
-        finish(self.broker, flow, state, None)
+            if status is not None and _client_went_away(flow, message):
+                # The upstream answered; the agent stopped reading (an SDK closing its
+                # stream after `data: [DONE]`): not an upstream failure.
+                state.reason = "client_closed"
+            else:
+                state.reason = f"upstream_{upstream_cause(message)}"
+        finish(self.broker, flow, state, status)
+
+
+def _client_went_away(flow: http.HTTPFlow, message: str) -> bool:
+    lowered = message.lower()
+    return (
+        lowered.startswith("client disconnected")
+        or "stream reset by client" in lowered
+        or flow.client_conn.timestamp_end is not None
+    )

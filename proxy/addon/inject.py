@@ -10,26 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 from mitmproxy import http
 
 from capgate.broker.types import leak_patterns
 from capgate.caps import (
     AuthTransform,
+    BodyEdit,
     BodyEditError,
     BodyTransform,
+    Destination,
+    Edit,
     RequestView,
+    Transform,
     TransformFailure,
     WorkspaceView,
     apply_body_edit,
     evaluate,
+    path_without_query,
 )
 
 from .apply import apply_edit, auth_slots, clear_slots, load_json_body, stamp, write_json_body
 from .broker_port import BrokerPort
-from .checks import Destination
-from .flowstate import FlowState, path_without_query
+from .flowstate import FlowState
 from .scrub import Scrubber
 from .tripwire import Tripwire
 
@@ -67,7 +70,7 @@ def _workspace_view(state: FlowState) -> WorkspaceView:
     return WorkspaceView(id=ws.id, role=ws.role, user=ws.user)
 
 
-def _secrets_for(state: FlowState, transform: Any) -> dict[str, str] | None:
+def _secrets_for(state: FlowState, transform: Transform) -> dict[str, str] | None:
     """The transform's declared secrets as plain str, or None when one is missing."""
     assert state.activation is not None
     available = state.activation.secrets
@@ -76,26 +79,28 @@ def _secrets_for(state: FlowState, transform: Any) -> dict[str, str] | None:
     return {name: available[name].reveal() for name in transform.secrets}
 
 
-def _note_secrets(state: FlowState, transform: Any) -> None:
+def _note_secrets(state: FlowState, transform: Transform) -> None:
     assert state.activation is not None
     for name in transform.secrets:
         state.scrub.extend(leak_patterns(f"secret:{name}", state.activation.secrets[name]))
 
 
-def _evaluate(state: FlowState, transform: Any) -> Any:
+def _evaluate(state: FlowState, transform: Transform) -> Edit | TransformFailure:
     secrets = _secrets_for(state, transform)
     if secrets is None:
         return TransformFailure(transform.label, "missing_secret")
+    assert state.view is not None
     return evaluate(transform, state.view, _workspace_view(state), secrets)
 
 
 async def apply_head(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState) -> None:
     request = flow.request
-    assert state.dest is not None and state.activation is not None
+    capability = state.capability
+    assert state.dest is not None and state.activation is not None and capability is not None
     state.view = request_view(
-        request, state.dest, state.path, with_maps=state.capability.reads_request_maps
+        request, state.dest, state.path, with_maps=capability.reads_request_maps
     )
-    for transform in state.capability.transforms:
+    for transform in capability.transforms:
         if isinstance(transform, BodyTransform):
             state.body_transforms.append(transform)
         elif isinstance(transform, AuthTransform):
@@ -128,7 +133,7 @@ async def _apply_auth(
             "credential %s is stored for provider %s, but capability %s declares %s; not used",
             transform.credential,
             stored.provider,
-            state.capability.name,
+            state.capability.name if state.capability else "-",
             transform.provider,
         )
         state.auth_failures[transform.credential] = AUTH_UNAVAILABLE
@@ -162,6 +167,9 @@ def apply_body(flow: http.HTTPFlow, state: FlowState) -> None:
         result = _evaluate(state, transform)
         if isinstance(result, TransformFailure):
             state.failed[transform.label] = result.reason
+            continue
+        if not isinstance(result, BodyEdit):  # evaluate() gives body transforms BodyEdits
+            state.failed[transform.label] = "unsupported_edit"
             continue
         try:
             document = apply_body_edit(document, result)

@@ -10,7 +10,7 @@ import json
 
 from mitmproxy import http
 
-from .checks import Destination
+from capgate.caps import Destination
 
 REALM = "capgate"
 
@@ -47,3 +47,68 @@ def deny_response(
         body.update(scheme=dest.scheme, host=dest.host, port=dest.port)
     body.update(method=method, path=path)
     return http.Response.make(status, json.dumps(body), {"Content-Type": "application/json"})
+
+
+# --- upstream failures ----------------------------------------------------------------
+#
+# When the upstream cannot be reached mitmproxy answers the agent itself, with an HTML page
+# naming mitmproxy. capgate answers JSON instead, with the cause class (what the agent can
+# act on) and never the raw error text (it can name internal hosts and addresses).
+
+UPSTREAM_CAUSES = (  # (cause, words in mitmproxy's error message), first match wins
+    ("dns", ("name or service not known", "getaddrinfo", "nodename nor servname", "no address")),
+    ("timeout", ("timed out", "timeout")),
+    ("tls", ("tls", "ssl", "certificate", "handshake")),
+    ("connect_refused", ("connection refused", "connect call failed")),
+    ("unreachable", ("unreachable", "no route")),
+    ("closed", ("disconnected", "closed", "reset", "eof")),
+)
+UPSTREAM_MESSAGES = {
+    "dns": "capgate: the upstream host name does not resolve",
+    "timeout": "capgate: the upstream did not answer in time",
+    "tls": "capgate: TLS with the upstream failed (certificate or handshake)",
+    "connect_refused": "capgate: the upstream refused the connection",
+    "unreachable": "capgate: the upstream is unreachable",
+    "closed": "capgate: the upstream closed the connection before answering",
+    "error": "capgate: the upstream could not be reached",
+}
+
+
+def upstream_cause(message: str) -> str:
+    """The cause class of an upstream failure message (`error` when none fits)."""
+    lowered = message.lower()
+    for cause, words in UPSTREAM_CAUSES:
+        if any(word in lowered for word in words):
+            return cause
+    return "error"
+
+
+def error_body(status: int, message: str) -> bytes:
+    """capgate's JSON for an answer mitmproxy makes itself (upstream failure, bad request)."""
+    if status >= 500:
+        cause = upstream_cause(message)
+        body = {"error": UPSTREAM_MESSAGES[cause], "reason": f"upstream_{cause}", "cause": cause}
+    else:
+        body = {"error": "capgate: the request could not be parsed", "reason": "bad_request"}
+    return json.dumps(body).encode()
+
+
+def install_error_pages() -> None:
+    """Make mitmproxy's own error answers capgate's JSON (HTTP/1 and HTTP/2 clients).
+
+    mitmproxy has no hook for these answers; its two builders are replaced. Over HTTP/2
+    mitmproxy still labels the body text/html.
+    """
+    from mitmproxy.net.http import http1
+    from mitmproxy.proxy.layers.http import _http1, _http2
+
+    def make_error_response(status_code: int, message: str = "") -> bytes:
+        response = http.Response.make(
+            status_code,
+            error_body(status_code, message),
+            {"Content-Type": "application/json", "Connection": "close"},
+        )
+        return http1.assemble_response(response)
+
+    _http1.make_error_response = make_error_response
+    _http2.format_error = error_body  # type: ignore[assignment]

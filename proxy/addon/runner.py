@@ -27,10 +27,12 @@ from mitmproxy.proxy import mode_servers
 
 from .broker_port import BrokerPort
 from .hooks import CapgateAddon
+from .responses import install_error_pages
 
 logger = logging.getLogger("capgate.proxy")
 
-CA_BASENAME = "mitmproxy"  # mitmproxy's file names inside the confdir
+CA_BASENAME = "mitmproxy"
+LISTEN_TIMEOUT_S = 15.0  # mitmproxy's file names inside the confdir
 # Libraries whose DEBUG records are costly or can carry values (cel-python logs the
 # activation, secrets included). mitmproxy's own entry point sets the root to DEBUG.
 CHATTY_LOGGERS = (
@@ -185,6 +187,7 @@ def mitmproxy_options(settings: ProxySettings) -> dict[str, Any]:
 async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Master:
     """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
     quiet_libraries()
+    install_error_pages()
     ca_cert_path(settings.home)
     m = master.Master(options.Options(), with_termlog=False)
     addon = CapgateAddon(broker)
@@ -213,7 +216,14 @@ async def serve(
     run = loop.create_task(m.run())
     try:
         ps = m.addons.get("proxyserver")
+        deadline = loop.time() + LISTEN_TIMEOUT_S
         while not ps.listen_addrs() and not run.done():
+            if loop.time() > deadline:  # mitmproxy logs a bind failure and keeps running
+                m.shutdown()
+                await run
+                raise RuntimeError(
+                    f"could not listen on {settings.listen_host}:{settings.listen_port}"
+                )
             await asyncio.sleep(0.01)
         if ps.listen_addrs():
             host, port, *_ = ps.listen_addrs()[0]

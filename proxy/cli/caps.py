@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
+from capgate.broker import capsrefs
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
 from capgate.broker.store import ControlStore
-from capgate.caps import AuthTransform, CapsConfig, CapsError, load_caps
+from capgate.caps import CapsConfig, CapsError, load_caps
 
 
 def register(main: click.Group) -> None:
@@ -48,35 +49,12 @@ def check(ctx: click.Context, caps_file: Path, as_json: bool) -> None:
 
 
 def _summary(config: CapsConfig, warnings: list[str]) -> dict[str, Any]:
-    credentials = sorted({n for c in config.capabilities for n in c.credentials})
-    secrets = sorted({n for c in config.capabilities for n in c.secrets})
-    return {
-        "valid": True,
-        "errors": [],
-        "capabilities": [c.name for c in config.capabilities],
-        "roles": {name: list(role.capabilities) for name, role in config.roles.items()},
-        "credentials": credentials,
-        "secrets": secrets,
-        "warnings": warnings,
-    }
+    return capsrefs.summary(config, warnings)
 
 
 def _report_invalid(exc: CapsError, as_json: bool) -> None:
     if as_json:
-        errors = [
-            {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
-            for p in exc.problems
-        ]
-        document = {
-            "valid": False,
-            "errors": errors,
-            "capabilities": [],
-            "roles": {},
-            "credentials": [],
-            "secrets": [],
-            "warnings": [],
-        }
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json.dumps(capsrefs.invalid_summary(exc), indent=2))
         return
     for problem in exc.problems:
         click.echo(str(problem), err=True)
@@ -129,27 +107,4 @@ def _compare_with_store(config: CapsConfig, store: ControlStore, org: str) -> li
     stored_secrets = {
         row["name"] for row in store.query("SELECT name FROM secrets WHERE org_id = ?", (org_id,))
     }
-    warnings: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for capability in config.capabilities:
-        for transform in capability.transforms:
-            if isinstance(transform, AuthTransform):
-                key = (transform.credential, transform.provider)
-                if key in seen:
-                    continue
-                seen.add(key)
-                providers = stored_providers.get(transform.credential)
-                if not providers:
-                    warnings.append(
-                        f"credential {transform.credential!r} (capability {capability.name!r}) "
-                        f"does not exist in org {org!r}"
-                    )
-                elif transform.provider not in providers:
-                    warnings.append(
-                        f"credential {transform.credential!r} is stored with provider "
-                        f"{'/'.join(sorted(providers))}, but capability {capability.name!r} "
-                        f"uses it as {transform.provider}"
-                    )
-    for name in sorted({n for c in config.capabilities for n in c.secrets} - stored_secrets):
-        warnings.append(f"secret {name!r} does not exist in org {org!r}")
-    return warnings
+    return capsrefs.store_warnings(config, stored_providers, stored_secrets, org)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from capgate.broker.credentials import CredentialSpec
+from capgate.broker.oauth import Endpoints
 from capgate.broker.secretvalue import SecretValue
+from capgate.broker.stores import Stores
+from capgate.broker.verify import Verifier, load_verify_overrides
 
 from .support import (
     _actor,
@@ -17,6 +20,7 @@ from .support import (
     _read_value,
     _scope,
     _stores,
+    announce_overrides,
     client_secret_option,
     from_file_option,
     handles_errors,
@@ -40,6 +44,7 @@ def cred() -> None:
 @click.option("--allow-user-override", is_flag=True, help="Users may have their own row.")
 @from_file_option
 @client_secret_option
+@click.option("--verify", is_flag=True, help="Verify with the provider first; fail: store nothing.")
 @json_option
 @click.pass_context
 @handles_errors
@@ -64,8 +69,36 @@ def cred_add(ctx, name, provider, kind, user, as_json, from_file, client_secret_
     if client_secret_file and client_secret is None:
         _fail("--client-secret-file is empty", 2)
     stores, org_id = _stores(ctx, create=True)
+    if opts["verify"]:
+        value = _verifier(stores).check_before_create(org_id, spec, value, client_secret)
     row = stores.credentials.add(org_id, spec, value, client_secret=client_secret, actor=_actor())
     _emit(as_json, row.to_json(), f"added credential {_label(row)}")
+
+
+def _verifier(stores: Stores) -> Verifier:
+    endpoints = Endpoints.from_env()
+    overrides = load_verify_overrides()
+    announce_overrides(endpoints, overrides)
+    return Verifier(stores, endpoints, overrides)
+
+
+@cred.command("verify")
+@click.argument("name")
+@user_option
+@json_option
+@click.pass_context
+@handles_errors
+def cred_verify(ctx, name, user, as_json) -> None:
+    """Check a credential with one safe, read-only call to its provider (OAuth kinds: a
+    mint). Exit 0 when it works, 1 when it does not."""
+    stores, org_id = _stores(ctx)
+    row = stores.credentials.get(org_id, name, user)
+    outcome = _verifier(stores).verify_stored(row)
+    answer = f"HTTP {outcome.status}" if outcome.status is not None else "no HTTP answer"
+    verdict = "ok" if outcome.ok else "failed"
+    _emit(as_json, outcome.to_json(), f"{_label(row)}: {verdict} ({outcome.call}: {answer})")
+    if not outcome.ok:
+        raise click.exceptions.Exit(1)
 
 
 @cred.command("update")

@@ -6,11 +6,83 @@ replay) and is attached here, so that command modules never import each other.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+# Which modules define each command (in registration order: oauth attaches `cred connect`
+# to the group cred defines), and the one-line help `capgate --help` shows for it. A command
+# module is imported only when its command runs, so help and light commands start fast
+# (mitmproxy, CEL and the OAuth stack are not imported for `capgate user list`).
+# tests/proxy/test_cli_lazy.py checks these lines against each command's own help.
+LAZY_COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "init": (("store",), "Create the home: key file, control and vault stores."),
+    "user": (("store",), "Users of the org (workspaces are created for a user)."),
+    "workspace": (
+        ("store",),
+        "Workspaces: agent identities with an agent token.",
+    ),
+    "vault": (("store",), "The encrypted vault store."),
+    "caps": (("caps",), "Work with caps.yaml files."),
+    "cred": (("cred", "oauth"), "Credentials: typed (provider, kind) records."),
+    "secret": (("cred",), "Secrets: opaque named values for transforms."),
+    "proxy": (("proxy",), "Run the proxy; agents authenticate with a workspace token."),
+    "ca": (("proxy",), "Print the path of the CA certificate (PEM) agents trust."),
+    "decisions": (("proxy",), "Recent policy decisions (one per request), oldest first."),
+    "exec": (("agent",), "Run CMD contained, through a short-lived workspace."),
+    "env": (("agent",), "Print shell lines wiring a new workspace to a proxy."),
+    "replay": (("replay",), "Run recorded requests through the addon offline; diff them."),
+    "serve": (("serve",), "Run the control plane: JSON API, console, OAuth callback."),
+    "apikey": (("serve",), "API keys for the control plane (shown once)."),
+    "console-link": (("serve",), "Print a one-time sign-in link to the web console."),
+}
+# Modules registered eagerly (commands not listed above).
+EAGER_MODULES: tuple[str, ...] = ()
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (see LAZY_COMMANDS)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: set[str] = set()
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            for module_name in LAZY_COMMANDS[cmd_name][0]:
+                self._load(module_name)
+        return self.commands.get(cmd_name)
+
+    def _load(self, module_name: str) -> None:
+        if module_name in self._loaded:
+            return
+        self._loaded.add(module_name)
+        module = importlib.import_module(f"capgate.proxy.cli.{module_name}")
+        module.register(self)
+
+    def load_all(self) -> None:
+        for modules, _ in LAZY_COMMANDS.values():
+            for module_name in modules:
+                self._load(module_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS and name not in self.commands:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+            else:
+                command = self.commands[name]
+                if not command.hidden:
+                    rows.append((name, command.get_short_help_str(formatter.width)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def default_home() -> Path:
@@ -27,7 +99,8 @@ class CliContext:
     org: str
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="capgate", prog_name="capgate", message="%(prog)s %(version)s")
 @click.option(
     "--home",
     envvar="CAPGATE_HOME",
@@ -49,13 +122,7 @@ def main(ctx: click.Context, home: Path | None, org: str) -> None:
 
 
 def _register() -> None:
-    # Imported here so that a broken optional module names itself in the traceback
-    # instead of breaking `import capgate.proxy.cli.main` for every command.
-    import importlib
-
-    # Order matters: oauth attaches `cred connect` to the group cred registers.
-    command_modules = ("caps", "store", "cred", "oauth", "proxy", "replay")
-    for module_name in command_modules:
+    for module_name in EAGER_MODULES:
         module = importlib.import_module(f"capgate.proxy.cli.{module_name}")
         module.register(main)
 

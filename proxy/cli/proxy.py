@@ -1,45 +1,36 @@
-"""Proxy commands: `capgate proxy`, `capgate ca`, `capgate exec`, `capgate decisions`.
-
-`exec` runs CMD with the proxy and CA-trust variables that common runtimes read. NO_PROXY
-is set to `--no-proxy` (empty by default, replacing any inherited value): capgate can only
-stamp credentials on requests that go through it, local services included.
-"""
+"""Proxy commands: `capgate proxy`, `capgate ca`, `capgate decisions` (`exec` and `env`
+live in agent.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
-import signal
-import subprocess
+import socket
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
-from capgate.broker.provision import check_role, provision_workspace
 from capgate.broker.store import ABSENT_ORG
 from capgate.broker.stores import Stores
-from capgate.caps import CapsConfig, CapsError
 
-from ..addon.reload import preload
-from ..addon.runner import (
-    ProxySettings,
-    ProxyThread,
-    ca_cert_path,
-    client_trust_bundle,
-    configure_logging,
-    serve,
-)
-from ..replay.record import record_addons
 from .workers import Supervisor, reserve_port
+
+if TYPE_CHECKING:
+    from capgate.caps import CapsConfig
+
+# mitmproxy, CEL and the addon are imported inside the commands that run them, so that
+# `capgate --help` and the light commands start fast.
 
 logger = logging.getLogger("capgate.proxy")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -65,7 +56,11 @@ def _fail(message: str, code: int) -> None:
     raise click.exceptions.Exit(code)
 
 
-def _check_caps(path: Path) -> CapsConfig:
+def check_caps(path: Path) -> CapsConfig:
+    from capgate.caps import CapsError
+
+    from ..addon.reload import preload
+
     try:
         return preload(path)
     except CapsError as exc:
@@ -82,7 +77,25 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _open_broker(home: Path):  # -> Broker
+def check_port_free(host: str, port: int) -> None:
+    """Exit 1 with `error: HOST:PORT is in use` before mitmproxy starts (it would log the
+    failure and keep running without a listener)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # mitmproxy sets SO_REUSEADDR too: a socket in TIME_WAIT is not "in use"
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"{shown} is in use", 1)
+            _fail(f"cannot listen on {shown}: {exc.strerror}", 1)
+
+
+def open_broker(home: Path):  # -> Broker
     from capgate.broker.service import Broker
 
     return Broker.open(Home(home))
@@ -132,9 +145,16 @@ def proxy_command(
     ready_fd,
 ) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
+    from ..addon.runner import ProxySettings, ca_cert_path, configure_logging, serve
+    from ..replay.record import record_addons
+
     configure_logging(verbose=verbose, access_log=access_log, worker=worker_index)
-    _check_caps(caps_path)
+    check_caps(caps_path)
     host, port = _parse_listen(listen)
+    if worker_index is None:
+        # Also for --workers: no socket at all may be bound there, or a second supervisor
+        # of the same user would join the first one's SO_REUSEPORT group.
+        check_port_free(host, port)
     if host not in LOOPBACK and worker_index is None:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
@@ -153,7 +173,7 @@ def proxy_command(
         extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
     try:
-        broker = _open_broker(ctx.obj.home)
+        broker = open_broker(ctx.obj.home)
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
     if worker_index is None:
@@ -200,6 +220,8 @@ def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
         base += ["--record", str(params["record_dir"])]
     if params["verbose"]:
         base.append("-v")
+    from ..addon.runner import ca_cert_path
+
     logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
     supervisor = Supervisor(
         count, lambda index, fd: [*base, "--worker-index", str(index), "--ready-fd", str(fd)]
@@ -217,116 +239,22 @@ def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
 
 
 @click.command("ca")
+@click.option(
+    "--bundle",
+    is_flag=True,
+    help="Print the path of the public roots (certifi) plus capgate's CA instead.",
+)
 @click.pass_context
-def ca_command(ctx) -> None:
-    """Print the path of the proxy CA certificate (PEM) agents trust; create it if needed."""
-    click.echo(str(ca_cert_path(ctx.obj.home)))
+def ca_command(ctx, bundle) -> None:
+    """Print the path of the proxy CA certificate (PEM) agents trust; create it if needed.
 
-
-def agent_environment(
-    base: dict[str, str], proxy_url: str, bundle: Path, ca_cert: Path, no_proxy: str
-) -> dict[str, str]:
-    """CMD's environment: proxy variables, NO_PROXY, and every common CA-trust variable.
-
-    capgate's own settings (CAPGATE_HOME, CAPGATE_ORG, CAPGATE_UNSAFE_*, ...) are not
-    passed on: the agent has no business knowing where the home is or how minting is
-    configured.
+    With --bundle: a bundle of the public roots plus capgate's CA, for runtimes that take
+    one file for all of their trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, ...).
     """
-    env = {name: value for name, value in base.items() if not name.startswith("CAPGATE_")}
-    for name in (
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ):
-        env[name] = proxy_url
-    env["NO_PROXY"] = env["no_proxy"] = no_proxy
-    for name in (
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "GIT_SSL_CAINFO",
-        "PIP_CERT",
-        "AWS_CA_BUNDLE",
-        "CARGO_HTTP_CAINFO",
-    ):
-        env[name] = str(bundle)
-    env["NODE_EXTRA_CA_CERTS"] = str(ca_cert)  # added to Node's own roots
-    env["NODE_USE_ENV_PROXY"] = "1"  # Node's built-in fetch honours HTTP(S)_PROXY
-    return env
+    from ..addon.runner import ca_cert_path, client_trust_bundle
 
-
-@click.command("exec", context_settings={"ignore_unknown_options": True})
-@caps_option
-@click.option("--role", required=True)
-@click.option("--user", "user_name", required=True)
-@upstream_ca_option
-@click.option("--no-proxy", default="", help="NO_PROXY for CMD (default: empty).")
-@click.option("-v", "--verbose", is_flag=True, help="Access log and debug logging on stderr.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.pass_context
-def exec_command(ctx, caps_path, role, user_name, upstream_cas, no_proxy, verbose, command):
-    """Run CMD through a short-lived workspace and proxy; exit with CMD's exit code."""
-    configure_logging(verbose=verbose, access_log=verbose)
-    if not verbose:
-        logging.getLogger("capgate").setLevel(logging.WARNING)
-    config = _check_caps(caps_path)
-    home: Path = ctx.obj.home
-    try:
-        check_role(role, config.roles)  # before anything is written for a call that will fail
-        stores = Stores.open(Home(home))
-        made = provision_workspace(
-            stores, ctx.obj.org, role, user_name, add_user=True, actor="capgate-exec"
-        )
-        if made.added_user:
-            click.echo(f"capgate: added user {user_name!r}", err=True)
-        workspace, token = made.workspace, made.token
-        org_id = workspace.org_id
-        broker = _open_broker(home)
-    except CapgateError as exc:
-        _fail(str(exc), exc.exit_code)
-    settings = ProxySettings(
-        home=home, caps_path=caps_path, listen_port=0, upstream_cas=tuple(upstream_cas)
-    )
-    proxy = ProxyThread(settings, broker)
-    try:
-        proxy.start()
-        env = agent_environment(
-            dict(os.environ),
-            f"http://agent:{token}@127.0.0.1:{proxy.port}",
-            client_trust_bundle(home),
-            ca_cert_path(home),
-            no_proxy,
-        )
-        code = _run_child(list(command), env)
-    finally:
-        try:
-            stores.workspaces.revoke(org_id, workspace.id, actor="capgate-exec")
-        finally:
-            proxy.stop()
-            broker.close()
-            stores.close()
-    raise click.exceptions.Exit(code)
-
-
-def _run_child(command: list[str], env: dict[str, str]) -> int:
-    try:
-        child = subprocess.Popen(command, env=env)
-    except OSError as exc:
-        _fail(f"cannot run {command[0]}: {exc.strerror}", 127)
-    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
-    try:
-        while True:
-            try:
-                code = child.wait()
-                break
-            except KeyboardInterrupt:  # the terminal sent SIGINT to both; wait for CMD
-                continue
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return 128 - code if code < 0 else code
+    home = ctx.obj.home
+    click.echo(str(client_trust_bundle(home) if bundle else ca_cert_path(home)))
 
 
 def _row_line(stored: StoredDecision) -> str:
@@ -359,7 +287,13 @@ def _row_line(stored: StoredDecision) -> str:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.option("--follow", is_flag=True, help="Keep printing new decisions.")
 @click.option("--workspace", "workspace_id", default=None)
-@click.option("--limit", default=50, show_default=True, help="How many recent rows.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many recent rows (0: none; with --follow, only new ones).",
+)
 @click.option("--all-orgs", is_flag=True, help="Every org, and requests without a token.")
 @click.pass_context
 def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None:
@@ -372,7 +306,11 @@ def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> No
         _fail(str(exc), exc.exit_code)
     ctx.call_on_close(stores.close)
     rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=limit)
-    last = rows[-1].id if rows else 0
+    if rows:
+        last = rows[-1].id
+    else:  # --limit 0 (or nothing yet): follow from the newest row, not from the start
+        newest = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=1)
+        last = newest[-1].id if newest else 0
     _print_rows(rows, as_json)
     while follow:
         try:
@@ -392,5 +330,5 @@ def _print_rows(rows: list[StoredDecision], as_json: bool) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (proxy_command, ca_command, exec_command, decisions_command):
+    for command in (proxy_command, ca_command, decisions_command):
         main.add_command(command)

@@ -71,7 +71,13 @@ def init_command(
         (home_dir or ctx.obj.home).expanduser(), store_url=store_url, vault_url=vault_url
     )
     Stores.open(result.home).close()  # creates and migrates both stores
-    document = {"home": str(result.home.root), "created_key": result.created_key}
+    document = {
+        "home": str(result.home.root),
+        "key_file": str(result.home.key_file),
+        "control_db": str(result.home.control_db),
+        "vault_db": str(result.home.vault_db),
+        "created_key": result.created_key,
+    }
     verb = "initialised" if result.created_key else "already initialised (key kept)"
     _emit(as_json, document, f"{verb}: {result.home.root}")
 
@@ -107,13 +113,14 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @click.option("--operator", is_flag=True, help="The user administers the org.")
+@click.option("--email", default=None, help="Matched to the console's single sign-on.")
 @json_option
 @click.pass_context
 @handles_errors
-def user_add(ctx, name, operator, as_json) -> None:
-    """Add a user to the org."""
+def user_add(ctx, name, operator, email, as_json) -> None:
+    """Add a user to the org (a member, or an operator with --operator)."""
     stores, org_id = _stores(ctx, create=True)
-    row = stores.workspaces.add_user(org_id, name, operator=operator, actor=_actor())
+    row = stores.workspaces.add_user(org_id, name, operator=operator, email=email, actor=_actor())
     _emit(as_json, row.to_json(), f"added user {name}")
 
 
@@ -125,7 +132,7 @@ def user_list(ctx, as_json) -> None:
     """List the org's users."""
     stores, org_id = _stores(ctx)
     rows = stores.workspaces.list_users(org_id)
-    human = [f"{r.name}\t{'operator' if r.operator else ''}".rstrip() for r in rows]
+    human = [f"{r.name}\t{r.role}\t{r.email or ''}".rstrip() for r in rows]
     _emit(as_json, [r.to_json() for r in rows], human)
 
 

@@ -13,16 +13,30 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
 
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home, now_iso
+from capgate.broker.oauth import UNSAFE_AUTHORIZE_ENV, UNSAFE_TOKEN_ENV, Endpoints
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.store import ABSENT_ORG
 from capgate.broker.stores import Stores
+from capgate.broker.verify import UNSAFE_VERIFY_ENV
+
+
+def announce_overrides(endpoints: Endpoints, verify: Mapping[str, str]) -> None:
+    """Say loudly on stderr which fixed provider endpoints the environment replaced."""
+    groups = [
+        (UNSAFE_TOKEN_ENV, endpoints.token_overrides),
+        (UNSAFE_AUTHORIZE_ENV, endpoints.authorize_overrides),
+        (UNSAFE_VERIFY_ENV, verify),
+    ]
+    for env, overrides in groups:
+        for slug, url in sorted(overrides.items()):
+            click.echo(f"WARNING: UNSAFE {env}: {slug} endpoint is {url}", err=True)
 
 
 def _actor() -> str:

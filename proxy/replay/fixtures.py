@@ -303,7 +303,9 @@ def _expect(w: Walker, node: Node) -> list[Check]:
     return checks
 
 
-def _expect_message(w: Walker, node: Node | None, where: str, scalars: tuple[str, ...]):
+def _expect_message(
+    w: Walker, node: Node | None, where: str, scalars: tuple[str, ...]
+) -> list[Check]:
     if node is None:
         return []
     e = w.fixed_mapping(node, f"expect.{where}", (*scalars, "headers", "headers_absent", "body"))

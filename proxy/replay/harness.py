@@ -35,6 +35,7 @@ from mitmproxy.proxy.layers.http import (
 )
 
 from capgate.broker.types import PolicyDecision
+from capgate.caps import default_port
 
 from ..addon.hooks import CapgateAddon
 from .fixtures import Fixture, Message
@@ -42,7 +43,6 @@ from .memory_broker import MemoryBroker
 
 # Streamed bodies are fed in small chunks so that values split across chunks are exercised.
 STREAM_CHUNK = 16
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class _Run:
         url = urlsplit(values.render(self.fixture.request.url))
         scheme = url.scheme.lower()
         host = url.hostname or ""
-        port = url.port or DEFAULT_PORTS[scheme]
+        port = url.port or default_port(scheme)
         if scheme == "https":
             refused = await self.connect(host, port)
             if refused is not None:

@@ -22,7 +22,13 @@ def test_init_is_idempotent_and_keeps_the_key(cli):
     key = (cli.root / "key").read_bytes()
     result = cli("init", "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"home": str(cli.root), "created_key": False}
+    assert json.loads(result.stdout) == {
+        "home": str(cli.root),
+        "key_file": str(cli.root / "key"),
+        "control_db": str(cli.root / "control.db"),
+        "vault_db": str(cli.root / "vault.db"),
+        "created_key": False,
+    }
     assert (cli.root / "key").read_bytes() == key
 
 

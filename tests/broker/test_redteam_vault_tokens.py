@@ -101,6 +101,7 @@ def test_deleted_value_ciphertext_and_wrapped_key_are_gone_from_vault_files(
         assert bytes.fromhex(ciphertext)[-64:] not in data
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_delete_in_another_process_moves_the_generation_and_the_value_is_gone(cli: Cli):
     cli("user", "add", "alice")
     cli("cred", "add", "gh", "--provider", "github_pat", "--kind", "api_key", input=CANARY)
@@ -340,6 +341,7 @@ def test_prefix_collision_is_decided_by_the_constant_time_digest_compare(
 # --- concurrency -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # concurrent CLI subprocesses
 @pytest.mark.parametrize(
     "argv",
     [

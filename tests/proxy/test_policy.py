@@ -7,7 +7,8 @@ import base64
 import pytest
 from mitmproxy.test import tutils
 
-from capgate.proxy.addon.checks import Destination, authority_mismatch, parse_authority, proxy_token
+from capgate.caps import Destination, parse_authority
+from capgate.proxy.addon.checks import authority_mismatch, proxy_token
 
 
 @pytest.mark.parametrize(
@@ -53,6 +54,15 @@ def test_other_host_other_port_or_two_hosts_are_a_mismatch() -> None:
     assert authority_mismatch(_request(["api.github.com:8443"]), DEST)
     assert authority_mismatch(_request(["api.github.com", "api.github.com"]), DEST)
     assert authority_mismatch(_request(["api.github.com:bad"]), DEST)
+
+
+def test_a_dns_name_in_brackets_is_a_mismatch_not_the_name() -> None:
+    """Brackets hold an IPv6 address (RFC 3986); `[api.github.com]` is no spelling of
+    api.github.com that an upstream would agree on, so it is refused, not unwrapped."""
+    assert authority_mismatch(_request(["[api.github.com]"]), DEST)
+    assert authority_mismatch(_request(["[api.github.com]:443"]), DEST)
+    v6 = Destination("https", "::1", 443)
+    assert not authority_mismatch(_request(["[::1]:443"]), v6)
 
 
 def test_proxy_token_is_the_basic_password() -> None:

@@ -1,0 +1,89 @@
+"""The root paths: `/healthz`, `/`, `/login/<token>`, `/logout` and `/oauth/callback`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from capgate.broker.errors import CapgateError
+
+from .auth import Ctx, session_principal
+from .context import SESSION_COOKIE
+from .errors import ERROR_RESPONSES, ApiError
+from .models import Health
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, responses={503: ERROR_RESPONSES[400]})
+def healthz(ctx: Ctx) -> JSONResponse:
+    """200 when both stores answer."""
+    try:
+        ctx.stores.control.query("SELECT 1")
+        ctx.stores.vault.ping()
+    except Exception:
+        return JSONResponse({"ok": False}, status_code=503)
+    return JSONResponse({"ok": True})
+
+
+@router.get("/", include_in_schema=False)
+def root() -> RedirectResponse:
+    return RedirectResponse("/credentials", status_code=303)
+
+
+@router.get("/login/{token}", include_in_schema=False)
+def login(token: str, ctx: Ctx) -> Response:
+    """Redeem a one-time console link for a session cookie, then go to the console."""
+    session = ctx.stores.sessions.redeem_link(token)
+    if session is None:
+        raise ApiError(400, "bad_request", "this sign-in link is unknown, used or expired")
+    response = RedirectResponse("/credentials", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.token,
+        httponly=True,
+        secure=ctx.secure_cookies,
+        samesite="lax",
+        path="/",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@router.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+def logout(request: Request, ctx: Ctx) -> Response:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        ctx.stores.sessions.revoke(token)
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=ctx.secure_cookies, httponly=True)
+    return response
+
+
+@router.get("/oauth/callback", include_in_schema=False)
+async def oauth_callback(
+    request: Request,
+    ctx: Ctx,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    code: Annotated[str | None, Query(max_length=4096)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    """Complete a hosted consent: only in the browser of the user who started it."""
+    signed_in = await session_principal(request)
+    try:
+        done = await run_in_threadpool(
+            ctx.stores.consents.complete,
+            state=state,
+            code=code,
+            error=error,
+            signed_in_user_id=signed_in.user_id if signed_in else None,
+            endpoints=ctx.endpoints,
+        )
+    except CapgateError as exc:
+        raise ApiError(getattr(exc, "http_status", 400), "consent_failed", str(exc)) from None
+    target = done.return_to or f"/credentials/{done.credential_id}?connected=1"
+    return RedirectResponse(target, status_code=303)
