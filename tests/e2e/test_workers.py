@@ -269,3 +269,17 @@ def test_cached_tokens_cost_one_refresh_per_worker_per_expiry(
         assert not strict_server.revoked_grants
     finally:
         assert proxy.terminate() == 0
+
+
+def test_a_second_supervisor_cannot_join_the_port(
+    home: CliHome, workers: ProxyProcess, caps_file: Path
+) -> None:
+    # given workers on a port, when another `--workers` proxy of the same user asks for it
+    done = home.run(
+        "proxy", "--caps", str(caps_file), "--listen", f"127.0.0.1:{workers.port}",
+        "--workers", "2", check=False, timeout=60,
+    )  # fmt: skip
+    # then it is refused, instead of silently sharing the SO_REUSEPORT group
+    assert done.returncode == 1
+    assert f"127.0.0.1:{workers.port} is in use" in done.stderr
+    assert len(worker_pids(workers)) == 2
