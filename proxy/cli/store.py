@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from capgate.broker import pgstore
-from capgate.broker.engine import is_postgres_url
+from capgate.broker.engine import is_postgres_url, redact_url
 from capgate.broker.home import init_home
 from capgate.broker.provision import provision_workspace
 from capgate.broker.stores import Stores
@@ -74,12 +74,17 @@ def init_command(
     document = {
         "home": str(result.home.root),
         "key_file": str(result.home.key_file),
-        "control_db": str(result.home.control_db),
-        "vault_db": str(result.home.vault_db),
+        # Where each store is: its file, or its PostgreSQL URL without the password.
+        "control_db": _where(result.home.store_url, result.home.control_db),
+        "vault_db": _where(result.home.vault_url, result.home.vault_db),
         "created_key": result.created_key,
     }
     verb = "initialised" if result.created_key else "already initialised (key kept)"
     _emit(as_json, document, f"{verb}: {result.home.root}")
+
+
+def _where(url: str | None, path: Path) -> str:
+    return redact_url(url) if url else str(path)
 
 
 @click.group("vault")

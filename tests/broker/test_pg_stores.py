@@ -285,3 +285,18 @@ def test_a_replica_killed_while_holding_a_credential_lock_releases_it(
     finally:
         holder.kill()
         store.close()
+
+
+def test_init_json_names_the_stores_without_the_password(
+    tmp_path: Path, pg_urls: tuple[str, str]
+) -> None:
+    from tests.broker.conftest import Cli
+
+    store, vault = pg_urls
+    result = Cli(tmp_path / "home")("init", "--store", store, "--vault", vault, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    password = store.split(":")[2].split("@")[0]
+    assert password not in result.output
+    assert document["control_db"].startswith("postgresql://capgate:***@127.0.0.1")
+    assert document["vault_db"].endswith(vault.rsplit("/", 1)[1])
