@@ -16,7 +16,6 @@ import pytest
 
 from capgate.broker import changes, pgstore
 from capgate.broker.credential_rows import CredentialSpec
-from capgate.broker.engine import translate
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home, init_home
 from capgate.broker.secretvalue import SecretValue
@@ -43,29 +42,6 @@ def two_homes(tmp_path: Path, pg_urls: tuple[str, str]) -> tuple[Home, Home]:
     first = pg_home(tmp_path / "a", pg_urls)
     second = pg_home(tmp_path / "b", pg_urls, key_from=first.root)
     return first, second
-
-
-def test_every_sqlite_migration_has_a_postgresql_twin() -> None:
-    # A migration added to store.MIGRATIONS needs its twin in pgstore.PG_MIGRATIONS.
-    assert len(pgstore.PG_MIGRATIONS) == len(MIGRATIONS)
-
-
-@pytest.mark.parametrize(
-    ("sqlite", "postgres"),
-    [
-        ("SELECT * FROM t WHERE a = ? AND b = ?", "SELECT * FROM t WHERE a = %s AND b = %s"),
-        ("DELETE FROM t WHERE id = :id", "DELETE FROM t WHERE id = %(id)s"),
-        ("UPDATE t SET x = 1 WHERE r IS ?", "UPDATE t SET x = 1 WHERE r IS NOT DISTINCT FROM %s"),
-        (
-            "INSERT OR IGNORE INTO t (a) VALUES (?)",
-            "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING",
-        ),
-        ("SELECT 'a?b:c%' || ? , x::text", "SELECT 'a?b:c%%' || %s , x::text"),
-        ("SELECT a FROM t WHERE a LIKE 'x%'", "SELECT a FROM t WHERE a LIKE 'x%%'"),
-    ],
-)
-def test_sqlite_dialect_is_translated(sqlite: str, postgres: str) -> None:
-    assert translate(sqlite) == postgres
 
 
 def test_init_records_the_urls_and_migrates_both_databases(two_homes: tuple[Home, Home]) -> None:

@@ -161,10 +161,18 @@ def test_sigterm_stops_both_workers_with_every_row_written(
 def test_a_worker_that_cannot_start_fails_the_whole_start(
     home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
 ) -> None:
-    # given a home whose key file is unreadable for the workers' check
-    (home.root / "key").chmod(0o644)
+    # given an upstream CA file that only the workers read (and refuse: not a PEM)
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("hello\n")
+    logs = tmp_path / "logs"
     with pytest.raises(AssertionError, match="exited"):
-        start_proxy_process(home, caps_file, pki.ca_pem, tmp_path / "logs", "--workers", "2")
+        start_proxy_process(
+            home, caps_file, pki.ca_pem, logs, "--workers", "2", "--upstream-ca", str(bad)
+        )
+    # then the supervisor stopped instead of restarting them forever
+    stderr = (logs / "proxy.stderr").read_text()
+    assert "exited with code 1 before listening" in stderr
+    assert "not a PEM certificate file" in stderr
 
 
 def add_mail_credential(home: CliHome, refresh_token: str) -> None:
