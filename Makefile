@@ -7,28 +7,34 @@ STAMP  := $(VENV)/.installed
 PYTHON_BASE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 $$HOME/.pyenv/versions/3.12*/bin/python3 python3; do \
   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: venv demo test test-fast bench lint typecheck clean postgres
+.PHONY: containment-tools venv demo test test-fast bench lint typecheck clean postgres
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON_BASE)" ]; then echo "capgate needs Python >= 3.12 (mitmproxy 12); none found on PATH or under ~/.pyenv" >&2; exit 2; fi
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
-	@# capgate exec contains the agent with bubblewrap (Debian's bubblewrap package).
+	@touch $(STAMP)
+
+# capgate exec contains the agent with bubblewrap (Debian's bubblewrap package); checked on
+# every run (cheap), installed when missing and we are root with apt-get.
+containment-tools:
 	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q bubblewrap >/dev/null || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }); } || \
 	  echo "bubblewrap not installed: capgate exec needs it (or --no-contain)" >&2
-	@# Node's fetch through the proxy: undici for capgate's preload (proxy/contain/node).
+
+# Node's fetch through the proxy: undici for capgate's preload, from the npm registry.
+NODE_DEPS := proxy/contain/node/node_modules/.package-lock.json
+$(NODE_DEPS): proxy/contain/node/package.json proxy/contain/node/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  (cd proxy/contain/node && npm ci --no-audit --no-fund --omit=dev --loglevel=error) || \
 	  echo "npm ci failed: Node's fetch will not use the proxy under capgate exec" >&2; \
 	else echo "npm not found: Node's fetch will not use the proxy under capgate exec" >&2; fi
-	@touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) $(NODE_DEPS) containment-tools
 
-demo: $(STAMP)
+demo: venv
 	$(PY) examples/demo.py
 
 # PostgreSQL server binaries for the tests' private cluster (tests/pg.py: initdb into a
@@ -41,11 +47,11 @@ postgres:
 	    echo "PostgreSQL not installed: its tests will be skipped (errors in CI)" >&2; }
 
 # Everything, slow tier included (the demo, the CLI-process e2e suites, the races).
-test: $(STAMP) postgres
+test: venv postgres
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # The tier for every edit: tests not marked slow (@pytest.mark.slow: more than ~5 s).
-test-fast: $(STAMP)
+test-fast: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)

@@ -126,6 +126,9 @@ def _is_read(sql: str) -> bool:
 class PgCursor:
     """What the broker reads from `execute()`: fetchone, fetchall, rowcount, iteration."""
 
+    # sqlite3 lets callers set row_factory = None for plain tuples; a Row is a tuple.
+    row_factory: object = None
+
     def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
         self._cursor = cursor
 
@@ -133,11 +136,14 @@ class PgCursor:
     def rowcount(self) -> int:
         return self._cursor.rowcount
 
-    def fetchone(self) -> Row | None:
+    def fetchone(self) -> Any:  # Row | None; typed like sqlite3's (Any)
         return self._cursor.fetchone() if self._cursor.description else None
 
     def fetchall(self) -> list[Row]:
         return self._cursor.fetchall() if self._cursor.description else []
+
+    def fetchmany(self, size: int) -> list[Row]:
+        return self._cursor.fetchmany(size) if self._cursor.description else []
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.fetchall())
@@ -201,6 +207,11 @@ class PgConnection:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
         with self._usable().cursor() as cursor:
             cursor.executemany(translate(sql), list(rows))
+
+    @property
+    def in_transaction(self) -> bool:
+        """Like sqlite3's: a transaction is open (psycopg rolls back on leaving it)."""
+        return self._in_transaction
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Transaction]:

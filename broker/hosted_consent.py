@@ -112,6 +112,7 @@ class HostedConsents:
             verifier=verifier,
         )
         expires_at = iso_after(STATE_TTL_S)
+        self._prune()
         verifier_ref = self._vault.put(row.org_id, vault.OAUTH_VERIFIER, verifier)
         try:
             with self._store.write() as conn:
@@ -135,6 +136,18 @@ class HostedConsents:
             self._vault.delete(verifier_ref)
             raise
         return Started(url, expires_at)
+
+    def _prune(self) -> None:
+        """Drop states that expired unused, with their verifiers (and old used ones)."""
+        now = now_iso()
+        with self._store.write() as conn:
+            stale = conn.execute(
+                "SELECT sha256, verifier_ref FROM oauth_states WHERE expires_at < ?", (now,)
+            ).fetchall()
+            conn.execute("DELETE FROM oauth_states WHERE expires_at < ?", (now,))
+        for row in stale:
+            if row["verifier_ref"]:
+                self._vault.delete(row["verifier_ref"])
 
     def complete(
         self,

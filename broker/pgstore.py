@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -108,12 +108,60 @@ CREATE TABLE IF NOT EXISTS oauth_states (
   created_at TEXT, expires_at TEXT NOT NULL, used_at TEXT);
 """
 
-# Index i upgrades schema version i to i + 1, the twin of store.MIGRATIONS[i].
-PG_MIGRATIONS: tuple[str, ...] = (
+PG_V5_HASH_CHAINS = """
+ALTER TABLE policy_decisions ADD COLUMN IF NOT EXISTS seq BIGINT;
+ALTER TABLE policy_decisions ADD COLUMN IF NOT EXISTS chain TEXT;
+ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS seq BIGINT;
+ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS chain TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_policy_decisions_chain ON policy_decisions (org_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_audit_events_chain ON audit_events (org_id, seq);
+CREATE TABLE IF NOT EXISTS chain_heads (
+  org_key TEXT NOT NULL, kind TEXT NOT NULL, seq BIGINT NOT NULL, chain TEXT NOT NULL,
+  started_at TEXT NOT NULL, started_after_id BIGINT, PRIMARY KEY (org_key, kind));
+"""
+
+
+def _v5_hash_chains(conn: PgConnection) -> None:
+    """The twin of store._v5_hash_chains: the DDL, then the same chain starts (each
+    chain's head row, and a `log.chain_start` audit event opening every org's chain)."""
+    from . import audit  # audit imports store, which imports this module
+    from .home import now_iso
+
+    conn.raw.execute(PG_V5_HASH_CHAINS.encode())
+    started = now_iso()
+    last_decision = conn.execute("SELECT max(id) FROM policy_decisions").fetchone()
+    last_event = conn.execute("SELECT max(id) FROM audit_events").fetchone()
+    org_keys = [r[0] for r in conn.execute("SELECT id FROM orgs ORDER BY id")]
+    for org_key in ["", *org_keys]:  # "": decision rows of no org (failed proxy auth)
+        conn.execute(
+            "INSERT INTO chain_heads VALUES (?, 'decisions', 0, ?, ?, ?)",
+            (org_key, "0" * 64, started, last_decision[0] if last_decision else None),
+        )
+    for org_key in org_keys:
+        conn.execute(
+            "INSERT INTO chain_heads VALUES (?, 'audit', 0, ?, ?, ?)",
+            (org_key, "0" * 64, started, last_event[0] if last_event else None),
+        )
+        audit.record(
+            conn,
+            org_id=org_key,
+            actor="capgate-migration",
+            action="log.chain_start",
+            target_type="log",
+            target_name="decisions+audit",
+        )
+
+
+PgMigration = str | Callable[[PgConnection], None]
+# Index i upgrades schema version i to i + 1, the twin of store.MIGRATIONS[i]: DDL text,
+# or a function when the step also moves data (it gets the PgConnection, in the step's
+# transaction, and may use the broker's portable SQL).
+PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PG_V1_CORE,
     PG_V2_DECISIONS_AND_CHANGES,
     PG_V3_WORKSPACE_LEASES,
     PG_V4_CONTROL_PLANE,
+    _v5_hash_chains,
 )
 
 VAULT_SCHEMA = (
@@ -187,7 +235,11 @@ def migrate(conn: PgConnection, sqlite_count: int) -> int:
                 )
             if version == len(PG_MIGRATIONS):
                 return version
-            conn.raw.execute(PG_MIGRATIONS[version].encode())
+            step = PG_MIGRATIONS[version]
+            if isinstance(step, str):
+                conn.raw.execute(step.encode())
+            else:
+                step(conn)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
 
 

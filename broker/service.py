@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from . import metrics
 from .credential_rows import ACTIVE, NEEDS_REAUTH, CredentialRow
 from .decisions import DecisionWriter
 from .errors import FieldError, InvalidInput, NotFound, VaultError
@@ -207,6 +208,12 @@ class Broker:
 
     async def mint(self, activation: Activation, credential_name: str) -> MintOutcome:
         """The wire credential for one request, or a reason; never raises for a failure."""
+        outcome = await self._mint(activation, credential_name)
+        cred = activation.credentials.get(credential_name)
+        metrics.count_mint(cred.provider if cred is not None else None, outcome.reason)
+        return outcome
+
+    async def _mint(self, activation: Activation, credential_name: str) -> MintOutcome:
         cred = activation.credentials.get(credential_name)
         if cred is None:
             return unavailable(credential_name, "not_configured")
@@ -224,8 +231,14 @@ class Broker:
                 return unavailable(credential_name, "retry_later")  # honouring Retry-After
             env = MintEnv(self._http(), self.endpoints, self._values)
 
-            async def mint_once() -> Minted[SecretValue]:
-                grant = await mint_token(provider, minter, cred, env)
+            async def mint_once() -> Minted[SecretValue]:  # a token endpoint call
+                started = time.perf_counter()
+                try:
+                    grant = await mint_token(provider, minter, cred, env)
+                finally:
+                    metrics.TOKEN_ENDPOINT_SECONDS.labels(
+                        metrics.provider_label(cred.provider)
+                    ).observe(time.perf_counter() - started)
                 return Minted(grant.access_token, grant.expires_in)
 
             token = await self.tokens.get(_cache_key(cred), mint_once)
@@ -253,6 +266,9 @@ class Broker:
 
     def record_decision(self, decision: PolicyDecision) -> None:
         self._decisions.record(decision)
+
+    def decisions_writable(self) -> bool:
+        return self._decisions.writable()
 
     def dropped_decisions(self) -> int:
         """policy_decision rows dropped so far because the writer's queue was full."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .apikeys import is_past, iso_after
 from .home import now_iso
 from .identity import Principal
-from .store import ControlStore
+from .store import Connection, ControlStore
 from .workspaces import Workspaces
 
 LINK_PREFIX = "cgl_"
@@ -52,6 +52,25 @@ class Session:
     user: str
 
 
+def _insert_session(
+    conn: Connection, token: str, org_id: str, user_id: str, expires_at: str
+) -> None:
+    conn.execute(
+        "INSERT INTO console_sessions (sha256, org_id, user_id, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (_sha(token), org_id, user_id, now_iso(), expires_at),
+    )
+
+
+def _prune(conn: Connection) -> None:
+    """Forget links and sessions that expired (or ended) a day ago or more."""
+    cutoff = iso_after(-86400)
+    conn.execute("DELETE FROM console_links WHERE expires_at < ?", (cutoff,))
+    conn.execute(
+        "DELETE FROM console_sessions WHERE expires_at < ? OR revoked_at < ?", (cutoff, cutoff)
+    )
+
+
 class Sessions:
     """Console links and sessions of every org in one control store."""
 
@@ -64,6 +83,7 @@ class Sessions:
         token = LINK_PREFIX + secrets.token_urlsafe(32)
         link = Link(token, iso_after(ttl_s))
         with self._store.write() as conn:
+            _prune(conn)
             conn.execute(
                 "INSERT INTO console_links (sha256, org_id, user_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -91,12 +111,16 @@ class Sessions:
             )
             if is_past(row["expires_at"]):
                 return None
-            conn.execute(
-                "INSERT INTO console_sessions (sha256, org_id, user_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (_sha(session_token), row["org_id"], row["user_id"], now_iso(), expires_at),
-            )
+            _insert_session(conn, session_token, row["org_id"], row["user_id"], expires_at)
         return Session(session_token, csrf_for(session_token), expires_at, row["user"])
+
+    def create_session(self, org_id: str, user_id: str, user: str) -> Session:
+        """A session for a user signed in another way (single sign-on)."""
+        session_token = SESSION_PREFIX + secrets.token_urlsafe(32)
+        expires_at = iso_after(SESSION_TTL_S)
+        with self._store.write() as conn:
+            _insert_session(conn, session_token, org_id, user_id, expires_at)
+        return Session(session_token, csrf_for(session_token), expires_at, user)
 
     def authenticate(self, token: str) -> Principal | None:
         if not _plausible(token, SESSION_PREFIX):

@@ -307,6 +307,50 @@ def _v4_control_plane(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v5_hash_chains(db: sqlite_utils.Database) -> None:
+    """`seq` and `chain` on decisions and audit events, and each chain's head (chain.py).
+
+    Rows written before this migration keep NULL seq: they are outside the chain. The
+    start is recorded: each chain's head row notes when it started and the last row id
+    before it, and every existing org's audit chain opens with a `log.chain_start` event.
+    """
+    from . import audit  # audit imports this module
+
+    for table in ("policy_decisions", "audit_events"):
+        db.table(table).add_column("seq", int)
+        db.table(table).add_column("chain", str)
+    db.execute("CREATE UNIQUE INDEX idx_policy_decisions_chain ON policy_decisions (org_id, seq)")
+    db.execute("CREATE UNIQUE INDEX idx_audit_events_chain ON audit_events (org_id, seq)")
+    db.execute(
+        "CREATE TABLE chain_heads (org_key TEXT NOT NULL, kind TEXT NOT NULL,"
+        " seq INTEGER NOT NULL, chain TEXT NOT NULL, started_at TEXT NOT NULL,"
+        " started_after_id INTEGER, PRIMARY KEY (org_key, kind))"
+    )
+    conn = db.conn
+    started = now_iso()
+    last_decision = conn.execute("SELECT max(id) FROM policy_decisions").fetchone()[0]
+    last_event = conn.execute("SELECT max(id) FROM audit_events").fetchone()[0]
+    org_keys = [r[0] for r in conn.execute("SELECT id FROM orgs ORDER BY id")]
+    for org_key in ["", *org_keys]:  # "": decision rows of no org (failed proxy auth)
+        conn.execute(
+            "INSERT INTO chain_heads VALUES (?, 'decisions', 0, ?, ?, ?)",
+            (org_key, "0" * 64, started, last_decision),
+        )
+    for org_key in org_keys:
+        conn.execute(
+            "INSERT INTO chain_heads VALUES (?, 'audit', 0, ?, ?, ?)",
+            (org_key, "0" * 64, started, last_event),
+        )
+        audit.record(
+            conn,
+            org_id=org_key,
+            actor="capgate-migration",
+            action="log.chain_start",
+            target_type="log",
+            target_name="decisions+audit",
+        )
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 # Index i upgrades schema version i to i + 1. Append only; never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -314,6 +358,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v2_decisions_and_changes,
     _v3_workspace_leases,
     _v4_control_plane,
+    _v5_hash_chains,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -179,6 +179,13 @@ class Workspaces:
             raise NotFound(f"user {name!r} does not exist; add it with capgate user add")
         return _user(rows[0])
 
+    def user_by_email(self, org_id: str, email: str) -> UserRow | None:
+        """The org's user with this email (case-insensitive), or None."""
+        rows = self._store.query(
+            "SELECT * FROM users WHERE org_id = ? AND lower(email) = lower(?)", (org_id, email)
+        )
+        return _user(rows[0]) if len(rows) == 1 else None
+
     def list_users(self, org_id: str) -> list[UserRow]:
         rows = self._store.query("SELECT * FROM users WHERE org_id = ? ORDER BY name", (org_id,))
         return [_user(r) for r in rows]

@@ -2,9 +2,9 @@
 
 caps imports neither broker nor proxy nor mitmproxy; broker imports neither proxy nor
 mitmproxy; inside proxy/: addon imports no other subpackage, replay may import addon, cli
-and server do not import each other. Every import counts: at module level, inside a
-function, under `if TYPE_CHECKING:`, relative or absolute, and `importlib.import_module`
-with a literal name.
+and server do not import each other; contain imports nothing of capgate (ARCHITECTURE.md).
+Every import counts: at module level, inside a function, under `if TYPE_CHECKING:`,
+relative or absolute, and `importlib.import_module` with a literal name.
 """
 
 from __future__ import annotations
@@ -39,6 +39,18 @@ RULES: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "capgate.proxy.cli": (("capgate.proxy.server",), "cli and server do not import each other"),
     "capgate.proxy.server": (("capgate.proxy.cli",), "cli and server do not import each other"),
+    "capgate.proxy.contain": (
+        (
+            "capgate.caps",
+            "capgate.broker",
+            "capgate.proxy.addon",
+            "capgate.proxy.cli",
+            "capgate.proxy.replay",
+            "capgate.proxy.server",
+            "mitmproxy",
+        ),
+        "contain imports nothing of capgate (forward.py runs in the sandbox without it)",
+    ),
 }
 
 
@@ -156,6 +168,8 @@ BREAKS = [
     ("proxy/replay/x.py", "from capgate.proxy.cli.main import main\n", "capgate.proxy.cli.main"),
     ("proxy/cli/x.py", "from ..server import app\n", "capgate.proxy.server"),
     ("proxy/server/x.py", "from capgate.proxy.cli import support\n", "capgate.proxy.cli"),
+    ("proxy/contain/x.py", "from ..addon import runner\n", "capgate.proxy.addon"),
+    ("proxy/contain/x.py", "from capgate.broker import home\n", "capgate.broker"),
     (
         "proxy/server/x.py",
         "import importlib\nimportlib.import_module('capgate.proxy.cli.main')\n",
@@ -172,6 +186,7 @@ ALLOWED = [
     ("proxy/replay/x.py", "from ..addon import hooks\nfrom capgate.broker import types\n"),
     ("proxy/cli/x.py", "from capgate.proxy.replay import harness\nfrom ..addon import runner\n"),
     ("proxy/server/x.py", "from capgate.proxy.addon import runner\nimport capgate.caps\n"),
+    ("proxy/cli/x.py", "from capgate.proxy.contain import sandbox\n"),
     ("proxy/addon/x.py", "from . import inject\nfrom .checks import destination\n"),
     ("broker/x.py", "from capgate.caps import hosts\n"),
     ("proxy/__main__.py", "from capgate.proxy.cli.main import main\n"),
@@ -179,7 +194,15 @@ ALLOWED = [
 
 
 def _tree(root: Path, file: str, text: str) -> None:
-    for folder in ("caps", "broker", "proxy/addon", "proxy/cli", "proxy/replay", "proxy/server"):
+    for folder in (
+        "caps",
+        "broker",
+        "proxy/addon",
+        "proxy/cli",
+        "proxy/replay",
+        "proxy/server",
+        "proxy/contain",
+    ):
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / "__init__.py").touch()
     path = root / file

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http
 
+from capgate.broker import metrics
 from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecision, Workspace
 from capgate.caps import BodyTransform, Capability, Destination, RequestView, path_without_query
 
@@ -99,6 +100,9 @@ def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: in
         duration_ms=duration_ms,
     )
     broker.record_decision(decision)
+    metrics.count_request(decision.decision, decision.reason)
+    if workspace is not None:
+        metrics.ACTIVE.seen(workspace.id)
     # Other addons (the recorder) read the row from the flow instead of re-deriving it.
     flow.metadata[DECISION_KEY] = decision
     if access_log.isEnabledFor(logging.INFO):

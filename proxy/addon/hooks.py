@@ -64,6 +64,7 @@ class CapgateAddon:
         self.sessions = Sessions(broker)
         self.watcher: CapsWatcher | None = None
         self.body_limit = 10 * 1024 * 1024
+        self.audit_fail_closed = False
         # Tunnel identity: the token a CONNECT authenticated with, per client connection.
         self.tunnels: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         self._poller: asyncio.Task[None] | None = None
@@ -75,6 +76,12 @@ class CapgateAddon:
             str,
             "10m",
             "Largest request body capgate buffers for body transforms (413 above).",
+        )
+        loader.add_option(
+            "capgate_audit_fail_closed",
+            bool,
+            False,
+            "Refuse requests (503) while policy decisions cannot be written.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -92,6 +99,8 @@ class CapgateAddon:
             if limit is None:
                 raise exceptions.OptionsError("capgate_body_limit must be a size, e.g. 10m")
             self.body_limit = limit
+        if "capgate_audit_fail_closed" in updated:
+            self.audit_fail_closed = ctx.options.capgate_audit_fail_closed
 
     def running(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_caps())
@@ -206,6 +215,8 @@ class CapgateAddon:
         if problem is not None:
             return 400, problem
         pin_destination(flow.request, state.dest)
+        if self.audit_fail_closed and not self.broker.decisions_writable():
+            return 503, "audit_unavailable"
         return None
 
     def _leak_in_head(self, flow: http.HTTPFlow, state: FlowState) -> str | None:

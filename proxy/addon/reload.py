@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from capgate.broker import metrics
 from capgate.caps import CapsConfig, CapsError, load_caps
 
 logger = logging.getLogger("capgate.reload")
@@ -79,6 +80,7 @@ class CapsWatcher:
             logger.error(
                 "%s: cannot read caps file; keeping the last good configuration", self.path
             )
+            metrics.CAPS_RELOADS.labels("rejected").inc()
             return False
         try:
             config = self._loader(self.path)
@@ -86,8 +88,10 @@ class CapsWatcher:
             logger.error("%s: invalid, keeping the last good configuration:", self.path)
             for problem in exc.problems:
                 logger.error("  %s", problem)
+            metrics.CAPS_RELOADS.labels("rejected").inc()
             return False
         self.config = config  # one reference swap: a request sees old or new, never a mix
         self.version += 1
+        metrics.CAPS_RELOADS.labels("ok").inc()
         logger.info("%s: reloaded (%d capabilities)", self.path, len(config.capabilities))
         return True

@@ -34,6 +34,8 @@ DENY_MESSAGES = {
     "body_too_large": "capgate: the request body is larger than capgate buffers",
     "bad_target": "capgate: the request target is not a valid path",
     "bad_header": "capgate: a request header value contains a line break",
+    "audit_unavailable": "capgate: the decision log cannot be written; refusing requests"
+    " until it can (--audit-fail-closed)",
 }
 
 

@@ -148,6 +148,7 @@ class ProxySettings:
     upstream_cas: tuple[Path, ...] = ()
     body_limit: str = "10m"
     reuse_port: bool = False  # join a SO_REUSEPORT group on listen_port (a worker)
+    audit_fail_closed: bool = False
     extra_addons: tuple[Any, ...] = field(default=(), compare=False)
 
 
@@ -196,6 +197,7 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
         **mitmproxy_options(settings),
         capgate_caps=str(settings.caps_path),
         capgate_body_limit=settings.body_limit,
+        capgate_audit_fail_closed=settings.audit_fail_closed,
     )
     return m
 

@@ -369,13 +369,14 @@ def _run(
     run_as: pwd.struct_passwd | None,
     lease: LeaseKeeper,
 ) -> int:
-    ready_r = ready_w = filter_fd = options_fd = None
+    ready_r = ready_w = filter_fd = options_fd = info_r = info_w = None
     argv = command
     fds: tuple[int, ...] = ()
     if contained is not None:
         ready_r, ready_w = os.pipe()
+        info_r, info_w = os.pipe()
         filter_fd = sandbox.seccomp_fd()
-        options_fd = sandbox.args_fd(contained.box.options(filter_fd))
+        options_fd = sandbox.args_fd(contained.box.options(filter_fd, info_w))
         argv = [
             contained.box.bwrap,
             "--args",
@@ -383,17 +384,26 @@ def _run(
             "--",
             *contained.box.command(command, ready_w),
         ]
-        fds = tuple(fd for fd in (ready_w, filter_fd, options_fd) if fd is not None)
+        fds = tuple(fd for fd in (ready_w, filter_fd, options_fd, info_w) if fd is not None)
     try:
         child = subprocess.Popen(argv, env=env, pass_fds=fds, **_user_kwargs(run_as))
     except OSError as exc:
         _fail(f"cannot run {argv[0]}: {exc.strerror}", 127)
     finally:
-        for fd in (ready_w, filter_fd, options_fd):
+        for fd in (ready_w, filter_fd, options_fd, info_w):
             if fd is not None:
                 os.close(fd)
-    lease.start(on_lost=child.terminate)
-    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    inner = _SandboxPid(info_r) if info_r is not None else None
+
+    def terminate() -> None:
+        # Contained: SIGTERM to the launcher (pid 1 inside), which passes it to CMD; bwrap
+        # itself would die at once and take CMD with it (SIGKILL, no chance to clean up).
+        if inner is not None and inner.signal(signal.SIGTERM):
+            return
+        child.terminate()
+
+    lease.start(on_lost=terminate)
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminate())
     try:
         while True:
             try:
@@ -416,6 +426,37 @@ def _run(
     if lease.lost.is_set():
         return 1
     return 128 - code if code < 0 else code
+
+
+class _SandboxPid:
+    """The host pid of the sandbox's pid 1, read from bwrap's --info-fd in the background."""
+
+    def __init__(self, fd: int) -> None:
+        self.pid: int | None = None
+        self._fd = fd
+        threading.Thread(target=self._read, name="capgate-bwrap-info", daemon=True).start()
+
+    def _read(self) -> None:
+        data = b""
+        try:
+            while chunk := os.read(self._fd, 4096):
+                data += chunk
+        finally:
+            os.close(self._fd)
+        try:
+            found = json.loads(data.decode() or "{}").get("child-pid")
+        except ValueError:
+            return
+        self.pid = found if isinstance(found, int) and found > 1 else None
+
+    def signal(self, number: int) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, number)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 # --- capgate env ------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from capgate.broker.home import Home
 from capgate.broker.store import ControlStore
 from capgate.caps import CapsConfig, CapsError, load_caps
 
+from .support import since_option
+
 
 def register(main: click.Group) -> None:
     """Attach the `caps` command group to the `capgate` command."""
@@ -108,3 +110,60 @@ def _compare_with_store(config: CapsConfig, store: ControlStore, org: str) -> li
         row["name"] for row in store.query("SELECT name FROM secrets WHERE org_id = ?", (org_id,))
     }
     return capsrefs.store_warnings(config, stored_providers, stored_secrets, org)
+
+
+# --- caps diff -------------------------------------------------------------------------
+
+SHOWN_PER_GROUP = 20
+
+
+@caps.command("diff")
+@click.argument(
+    "candidate", metavar="CANDIDATE.yaml", type=click.Path(path_type=Path, dir_okay=False)
+)
+@since_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def diff(ctx: click.Context, candidate: Path, since: float | None, as_json: bool) -> None:
+    """Re-decide the org's recorded requests under CANDIDATE.yaml; exit 1 when any would
+    change (allowed <-> denied, or another capability)."""
+    from capgate.broker.redecide import recorded_rows, rediff
+
+    try:
+        config = load_caps(candidate)
+    except CapsError as exc:
+        _report_invalid(exc, as_json)
+        ctx.exit(1)
+    try:
+        store = ControlStore.open(Home(ctx.obj.home))
+    except CapgateError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
+    try:
+        org_id = store.find_org_id(ctx.obj.org)
+        result = rediff(config, recorded_rows(store, org_id, since) if org_id else ())
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_diff(result)
+    if result.changed:
+        ctx.exit(1)
+
+
+def _print_diff(result) -> None:  # result: capgate.broker.redecide.Diff
+    for (before, after, reason), requests in result.groups():
+        total = sum(requests.values())
+        shown_after = f"{after} ({reason})" if after.decision == "deny" and reason else str(after)
+        click.echo(f"{before} -> {shown_after}: {total} requests ({len(requests)} distinct)")
+        for request, count in requests.most_common(SHOWN_PER_GROUP):
+            click.echo(f"  {count:>7}  {request}")
+        if len(requests) > SHOWN_PER_GROUP:
+            click.echo(f"  ... and {len(requests) - SHOWN_PER_GROUP} more distinct requests")
+    skipped = sum(result.skipped.values())
+    detail = ", ".join(f"{k} {v}" for k, v in result.skipped.most_common())
+    click.echo(
+        f"{len(result.changed)} requests would change, {result.unchanged} unchanged"
+        + (f", {skipped} skipped, not decided by caps.yaml ({detail})" if skipped else "")
+    )

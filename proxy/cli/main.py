@@ -31,7 +31,7 @@ LAZY_COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "secret": (("cred",), "Secrets: opaque named values for transforms."),
     "proxy": (("proxy",), "Run the proxy; agents authenticate with a workspace token."),
     "ca": (("proxy",), "Print the path of the CA certificate (PEM) agents trust."),
-    "decisions": (("proxy",), "Recent policy decisions (one per request), oldest first."),
+    "decisions": (("decisions",), "Recent policy decisions (one per request), oldest first."),
     "exec": (("agent",), "Run CMD contained, through a short-lived workspace."),
     "env": (("agent",), "Print shell lines wiring a new workspace to a proxy."),
     "replay": (("replay",), "Run recorded requests through the addon offline; diff them."),

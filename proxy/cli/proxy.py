@@ -1,28 +1,22 @@
-"""Proxy commands: `capgate proxy`, `capgate ca`, `capgate decisions` (`exec` and `env`
-live in agent.py)."""
+"""Proxy commands: `capgate proxy`, `capgate ca` (`exec` and `env` live in agent.py,
+`decisions` in decisions.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from capgate.broker.decisions import StoredDecision, list_decisions
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
-from capgate.broker.store import ABSENT_ORG
-from capgate.broker.stores import Stores
 
 from .workers import Supervisor, reserve_port
 
@@ -70,10 +64,10 @@ def check_caps(path: Path) -> CapsConfig:
         raise  # unreachable: _fail raises
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint="--listen")
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8080", param_hint=flag)
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -120,6 +114,16 @@ def open_broker(home: Path):  # -> Broker
     help="Write every request handled as a replay fixture into DIR (values as placeholders).",
 )
 @click.option(
+    "--metrics-listen",
+    default=None,
+    help="HOST:PORT to serve Prometheus /metrics on (e.g. 127.0.0.1:9464); off by default.",
+)
+@click.option(
+    "--audit-fail-closed",
+    is_flag=True,
+    help="Refuse requests (503) while policy decisions cannot be written to the store.",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -139,6 +143,8 @@ def proxy_command(
     body_limit,
     access_log,
     record_dir,
+    metrics_listen,
+    audit_fail_closed,
     workers,
     verbose,
     worker_index,
@@ -155,6 +161,9 @@ def proxy_command(
         # Also for --workers: no socket at all may be bound there, or a second supervisor
         # of the same user would join the first one's SO_REUSEPORT group.
         check_port_free(host, port)
+    metrics_addr = _parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None
+    if metrics_addr is not None and workers > 1:
+        raise click.UsageError("--metrics-listen cannot be combined with --workers yet")
     if host not in LOOPBACK and worker_index is None:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
@@ -170,6 +179,7 @@ def proxy_command(
         upstream_cas=tuple(upstream_cas),
         body_limit=body_limit,
         reuse_port=worker_index is not None,
+        audit_fail_closed=audit_fail_closed,
         extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
     try:
@@ -178,6 +188,8 @@ def proxy_command(
         _fail(str(exc), exc.exit_code)
     if worker_index is None:
         logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    if metrics_addr is not None:
+        _serve_metrics(*metrics_addr)
     try:
         asyncio.run(serve(settings, broker, _ready_signal(ready_fd)))
     except (RuntimeError, OSError, ValueError) as exc:
@@ -200,6 +212,8 @@ def _ready_signal(ready_fd: int | None) -> Callable[[], None] | None:
 
 def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
     """`--workers N`: reserve the port, run N copies of this command as workers."""
+    from capgate.broker.stores import Stores
+
     try:
         Stores.open(Home(ctx.obj.home)).close()  # migrate once, and fail here, not N times
         reserved = reserve_port(host, port)
@@ -220,6 +234,8 @@ def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
         base += ["--record", str(params["record_dir"])]
     if params["verbose"]:
         base.append("-v")
+    if params["audit_fail_closed"]:
+        base.append("--audit-fail-closed")
     from ..addon.runner import ca_cert_path
 
     logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
@@ -236,6 +252,19 @@ def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
         reserved.close()
     if code:
         _fail("the workers could not start", code)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    from capgate.broker.metrics import serve_metrics
+
+    if host not in LOOPBACK:
+        logger.warning("metrics on %s: reachable beyond this machine, without auth", host)
+    try:
+        server, _thread = serve_metrics(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen for metrics on {host}:{port}: {exc.strerror}", 1)
+    bound_host, bound_port = server.server_address[:2]  # type: ignore[attr-defined]
+    logger.info("metrics on http://%s:%d/metrics", bound_host, bound_port)
 
 
 @click.command("ca")
@@ -257,78 +286,6 @@ def ca_command(ctx, bundle) -> None:
     click.echo(str(client_trust_bundle(home) if bundle else ca_cert_path(home)))
 
 
-def _row_line(stored: StoredDecision) -> str:
-    d = stored.decision
-    at = datetime.fromtimestamp(d.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    outcome = d.decision + (f"/{d.reason}" if d.reason else "")
-    status = str(d.upstream_status) if d.upstream_status is not None else "-"
-    duration = f"{d.duration_ms:.0f}ms" if d.duration_ms is not None else "-"
-    extra = []
-    if d.transforms_failed:
-        extra.append("failed=" + ",".join(f"{k}:{v}" for k, v in d.transforms_failed.items()))
-    if d.auth_failures:
-        extra.append("auth=" + ",".join(f"{k}:{v}" for k, v in d.auth_failures.items()))
-    return "  ".join(
-        [
-            at,
-            f"{outcome:<24}",
-            f"{d.method:<7}",
-            f"{d.host}:{d.port}{d.path}",
-            status,
-            duration,
-            d.capability or "-",
-            d.workspace_id or "-",
-            *extra,
-        ]
-    )
-
-
-@click.command("decisions")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--follow", is_flag=True, help="Keep printing new decisions.")
-@click.option("--workspace", "workspace_id", default=None)
-@click.option(
-    "--limit",
-    default=50,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="How many recent rows (0: none; with --follow, only new ones).",
-)
-@click.option("--all-orgs", is_flag=True, help="Every org, and requests without a token.")
-@click.pass_context
-def decisions_command(ctx, as_json, follow, workspace_id, limit, all_orgs) -> None:
-    """Recent policy decisions (one per request), oldest first."""
-    try:
-        stores = Stores.open(Home(ctx.obj.home))
-        # A read: an org never created has no rows (and is not created here).
-        org_id = None if all_orgs else (stores.control.find_org_id(ctx.obj.org) or ABSENT_ORG)
-    except CapgateError as exc:
-        _fail(str(exc), exc.exit_code)
-    ctx.call_on_close(stores.close)
-    rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=limit)
-    if rows:
-        last = rows[-1].id
-    else:  # --limit 0 (or nothing yet): follow from the newest row, not from the start
-        newest = list_decisions(stores.control, org_id, workspace_id=workspace_id, limit=1)
-        last = newest[-1].id if newest else 0
-    _print_rows(rows, as_json)
-    while follow:
-        try:
-            time.sleep(0.5)
-        except KeyboardInterrupt:
-            return
-        rows = list_decisions(stores.control, org_id, workspace_id=workspace_id, since_id=last)
-        if rows:
-            last = rows[-1].id
-            _print_rows(rows, as_json)
-
-
-def _print_rows(rows: list[StoredDecision], as_json: bool) -> None:
-    for row in rows:
-        click.echo(json.dumps(row.to_json(), sort_keys=True) if as_json else _row_line(row))
-    sys.stdout.flush()
-
-
 def register(main: click.Group) -> None:
-    for command in (proxy_command, ca_command, decisions_command):
+    for command in (proxy_command, ca_command):
         main.add_command(command)

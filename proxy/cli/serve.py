@@ -20,7 +20,9 @@ import click
 from capgate.broker.apikeys import parse_duration
 from capgate.broker.home import Home, replace_file
 from capgate.broker.oauth import Endpoints
+from capgate.broker.oidc import check_issuer
 from capgate.broker.verify import load_verify_overrides
+from capgate.caps import CapsError, load_caps
 
 from .support import (
     _actor,
@@ -86,8 +88,22 @@ def serve(
 ) -> None:
     """Run the control plane: JSON API, console, OAuth callback, /healthz, /metrics."""
     host, port = _parse_listen(listen)
+    oidc = None
     if oidc_issuer or oidc_client_id or oidc_client_secret_file:
-        _fail("console single sign-on (--oidc-*) is not available in this build", 2)
+        if not (oidc_issuer and oidc_client_id):
+            _fail("single sign-on needs --oidc-issuer and --oidc-client-id", 2)
+        assert oidc_issuer is not None
+        check_issuer(oidc_issuer)
+        if oidc_client_secret_file is not None and not oidc_client_secret_file.is_file():
+            _fail(f"cannot read {oidc_client_secret_file}", 2)
+        oidc = {
+            "issuer": oidc_issuer,
+            "client_id": oidc_client_id,
+            # the path travels, never the secret (a process's environment is readable)
+            "client_secret_file": str(oidc_client_secret_file.resolve())
+            if oidc_client_secret_file
+            else None,
+        }
     if public_url is not None:
         parts = urlsplit(public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
@@ -99,6 +115,13 @@ def serve(
             "--public-url https://... (the TLS terminator's URL), or --insecure-public",
             2,
         )
+    for caps_file in caps_files:  # the roles shown must come from files the proxies can run
+        try:
+            load_caps(caps_file)
+        except CapsError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            _fail(f"{caps_file} is not a valid caps file", 1)
     home = Home(ctx.obj.home)
     home.require_initialized()
     announce_overrides(Endpoints.from_env(), load_verify_overrides())  # also validates them
@@ -106,6 +129,7 @@ def serve(
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by connections
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -123,6 +147,8 @@ def serve(
             "home": str(home.root),
             "public_url": base,
             "caps_files": [str(p.resolve()) for p in caps_files],
+            "org": ctx.obj.org,
+            "oidc": oidc,
         }
     )
     import uvicorn

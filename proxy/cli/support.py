@@ -13,7 +13,9 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -195,3 +197,34 @@ def caps_roles(path: Path) -> frozenset[str]:
             click.echo(str(problem), err=True)
         _fail(f"{path} is not a valid caps file", 1)
         raise  # unreachable: _fail raises
+
+
+# --- time windows ---------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """--since T: an ISO 8601 time or date (UTC when no offset is given), or a duration
+    back from now (`30m`, `12h`, `7d`); the epoch seconds it means."""
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in _UNITS:
+        return (time.time() if now is None else now) - int(value[:-1]) * _UNITS[value[-1]]
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            "expected an ISO 8601 time (2026-01-31T12:00:00Z) or a duration (30m, 12h, 7d)",
+            param_hint="--since",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+since_option = click.option(
+    "--since",
+    default=None,
+    callback=lambda _ctx, _param, value: None if value is None else parse_since(value),
+    help="Only rows from this time on: ISO 8601 (UTC unless an offset is given) or 30m/12h/7d.",
+)

@@ -125,15 +125,23 @@ def main(argv: list[str]) -> int:
     os.write(ready_fd, READY)
     os.close(ready_fd)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda number, _frame: child.send_signal(number))
+        signal.signal(sig, lambda number, _frame: _forward(child, number))
+    # This launcher is the sandbox's pid 1: it reaps every orphan until CMD itself exits.
     while True:
         try:
-            code = child.wait()
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 1
+        if pid == child.pid:
             break
-        except InterruptedError:
-            continue
     relay.close()
+    code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _forward(child: subprocess.Popen[bytes], number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child.pid, number)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ class Sandbox:
     port: int  # 127.0.0.1:PORT inside relays to the proxy
     as_root: bool  # bwrap runs as uid 0 (then capabilities are dropped explicitly)
 
-    def options(self, seccomp_fd: int | None) -> list[str]:
+    def options(self, seccomp_fd: int | None, info_fd: int | None = None) -> list[str]:
         """bwrap's options (for --args: the home's path is among them)."""
         args = [
             "--unshare-user",
@@ -81,6 +81,9 @@ class Sandbox:
             "--unshare-uts",
             "--unshare-cgroup-try",
             "--die-with-parent",
+            # The launcher is pid 1: exec signals it (its host pid comes on --info-fd) and
+            # it passes SIGTERM on to CMD; bwrap's own init would swallow it.
+            "--as-pid-1",
             "--hostname",
             "capgate-agent",
             "--ro-bind",
@@ -103,6 +106,8 @@ class Sandbox:
             args += ["--cap-drop", "ALL"]
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
+        if info_fd is not None:
+            args += ["--info-fd", str(info_fd)]
         return args
 
     def command(self, command: list[str], ready_fd: int) -> list[str]:

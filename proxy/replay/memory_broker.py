@@ -193,5 +193,8 @@ class MemoryBroker:
         with self._lock:
             self.decisions.append(decision)
 
+    def decisions_writable(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass

@@ -37,6 +37,7 @@ import yaml
 from mitmproxy import connection, ctx, http
 
 from capgate.broker.types import Activation, LeakPattern, PolicyDecision, Workspace
+from capgate.caps import path_without_query
 
 from ..addon.checks import proxy_token
 from ..addon.flowstate import DECISION_KEY, FlowState, get_state
@@ -162,7 +163,7 @@ class RecordAddon:
 
     def _write(self, flow: http.HTTPFlow, text: str, real: TestValues) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        slug = real.mask(flow.request.pretty_host + flow.request.path.partition("?")[0])
+        slug = real.mask(flow.request.pretty_host + path_without_query(flow.request.path))
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", slug.replace("{{", "").replace("}}", ""))[:60]
         index = len(list(self.out_dir.glob("*.yaml"))) + 1
         while True:

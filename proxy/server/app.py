@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from capgate.broker.oauth import Endpoints
+from capgate.broker.oidc import OidcLogin
 from capgate.broker.stores import Stores
 from capgate.broker.verify import Verifier
 
@@ -40,10 +41,19 @@ def app_from_settings() -> FastAPI:
     """The app `capgate serve` runs: settings from CAPGATE_SERVE_SETTINGS (a JSON object
     with `home`, `public_url`, `caps_files`); provider overrides from the environment."""
     settings = json.loads(os.environ[SETTINGS_ENV])
+    oidc = None
+    if settings.get("oidc"):
+        config = settings["oidc"]
+        secret = None
+        if config.get("client_secret_file"):
+            secret = Path(config["client_secret_file"]).read_text().strip() or None
+        oidc = OidcLogin(config["issuer"], config["client_id"], secret)
     return create_app(
         Path(settings["home"]),
         public_url=settings["public_url"],
         caps_files=[Path(p) for p in settings.get("caps_files", [])],
+        org=settings.get("org", "default"),
+        oidc=oidc,
     )
 
 
@@ -55,6 +65,8 @@ def create_app(
     endpoints: Endpoints | None = None,
     max_body: int = MAX_BODY,
     verify_overrides: Mapping[str, str] | None = None,
+    org: str = "default",
+    oidc: OidcLogin | None = None,
 ) -> FastAPI:
     """The app for one home; `home` may be opened Stores (the caller then closes them)."""
     owned = not isinstance(home, Stores)
@@ -67,6 +79,8 @@ def create_app(
         endpoints=endpoints,
         verifier=Verifier(stores, endpoints, verify_overrides),
         max_body=max_body,
+        org=org,
+        oidc=oidc,
     )
     app = FastAPI(
         title="capgate control plane",

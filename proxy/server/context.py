@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from capgate.broker.oauth import Endpoints
+from capgate.broker.oidc import OidcLogin
 from capgate.broker.stores import Stores
 from capgate.broker.verify import Verifier
 from capgate.caps import CapsConfig, CapsError, load_caps
@@ -54,6 +55,8 @@ class ServerContext:
     endpoints: Endpoints
     verifier: Verifier
     max_body: int = 1 << 20
+    org: str = "default"  # the org single sign-on signs people in to
+    oidc: OidcLogin | None = None
 
     @property
     def secure_cookies(self) -> bool:

@@ -24,7 +24,7 @@ class _TooLarge(Exception):
 
 
 def redact_path(path: str) -> str:
-    if path.startswith("/login/"):
+    if path.startswith("/login/") and not path.startswith("/login/oidc"):
         return "/login/…"
     return path[:200]
 
@@ -67,17 +67,26 @@ class Guard:
             return
 
         seen = 0
+        over = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    over = True
                     raise _TooLarge()
             return message
 
         async def tracking_send(message: Message) -> None:
+            if over:
+                # The app answered a body it could not read (FastAPI turns a failed read
+                # into its own 400): the answer is 413, whatever the app made of it.
+                if status["code"] is None and message["type"] == "http.response.start":
+                    status["code"] = 413
+                    await _json(send, 413, "too_large", f"the body exceeds {self.max_body} bytes")
+                return
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

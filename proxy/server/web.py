@@ -9,16 +9,17 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from capgate.broker.errors import CapgateError
+from capgate.broker.sessions import Session
 
 from .auth import Ctx, session_principal
-from .context import SESSION_COOKIE
-from .errors import ERROR_RESPONSES, ApiError
+from .context import SESSION_COOKIE, ServerContext
+from .errors import ApiError
 from .models import Health
 
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=Health, responses={503: ERROR_RESPONSES[400]})
+@router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 def healthz(ctx: Ctx) -> JSONResponse:
     """200 when both stores answer."""
     try:
@@ -34,12 +35,46 @@ def root() -> RedirectResponse:
     return RedirectResponse("/credentials", status_code=303)
 
 
+@router.get("/login/oidc", include_in_schema=False)
+def login_oidc(ctx: Ctx) -> Response:
+    """Single sign-on: off to the OpenID Connect provider (code + PKCE S256)."""
+    if ctx.oidc is None:
+        raise ApiError(404, "not_found", "single sign-on is not configured")
+    url = ctx.oidc.start(ctx.public_url + "/login/oidc/callback")
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/login/oidc/callback", include_in_schema=False)
+def login_oidc_callback(
+    ctx: Ctx,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    code: Annotated[str | None, Query(max_length=4096)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    """The ID token's email names the user (`user add NAME --email E`) of the server's org."""
+    if ctx.oidc is None:
+        raise ApiError(404, "not_found", "single sign-on is not configured")
+    try:
+        email = ctx.oidc.complete(state, code, error)
+    except CapgateError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    org_id = ctx.stores.control.find_org_id(ctx.org)
+    user = ctx.stores.workspaces.user_by_email(org_id, email) if org_id else None
+    if user is None or org_id is None:
+        raise ApiError(403, "forbidden", "no user of this capgate has that email")
+    return _signed_in(ctx, ctx.stores.sessions.create_session(org_id, user.id, user.name))
+
+
 @router.get("/login/{token}", include_in_schema=False)
 def login(token: str, ctx: Ctx) -> Response:
     """Redeem a one-time console link for a session cookie, then go to the console."""
     session = ctx.stores.sessions.redeem_link(token)
     if session is None:
         raise ApiError(400, "bad_request", "this sign-in link is unknown, used or expired")
+    return _signed_in(ctx, session)
+
+
+def _signed_in(ctx: ServerContext, session: Session) -> Response:
     response = RedirectResponse("/credentials", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

@@ -148,6 +148,13 @@ def match_scaling() -> Result:
     return dict(bench_caps.run())
 
 
+def exec_startup() -> Result:
+    """`capgate exec -- true`, contained and not (tests/bench/bench_exec.py)."""
+    from tests.bench import bench_exec
+
+    return bench_exec.run(runs=3)
+
+
 def decision_writer() -> Result:
     try:
         from tests.bench import bench_decisions
@@ -155,6 +162,20 @@ def decision_writer() -> Result:
         return bench_decisions.run()
     except ImportError as exc:
         return {"skipped": f"capgate.broker.decisions not importable: {exc}"}
+
+
+def control_plane() -> Result:
+    """p50/p95 of the control plane's GET /v1/credentials and workspace create."""
+    from tests.bench import bench_server
+
+    return bench_server.run()
+
+
+def caps_diff() -> Result:
+    """`capgate caps diff` rows/s over 100,000 recorded rows (tests/bench/bench_caps_diff.py)."""
+    from tests.bench import bench_caps_diff
+
+    return bench_caps_diff.run()
 
 
 def run_all(settings: Settings, workdir: Path, report: Result) -> None:
@@ -499,6 +520,16 @@ def render(report: Result) -> str:
             f"record() {writer['record_us_per_row']} µs/row on the hot path; "
             f"{writer['cpu_us_per_row']} µs of process CPU per row in all.",
         ]
+    diff = report.get("caps_diff", {})
+    if "distinct_diff_rows_per_s" in diff:
+        out += [
+            "",
+            f"caps diff: {diff['rows']} recorded rows re-decided in "
+            f"{diff['distinct_diff_seconds']} s ({diff['distinct_diff_rows_per_s']} rows/s) "
+            f"when every request is distinct, {diff['repeated_diff_seconds']} s "
+            f"({diff['repeated_diff_rows_per_s']} rows/s) for 500 distinct requests; "
+            f"chained rows written at {diff['distinct_write_rows_per_s']} rows/s.",
+        ]
     if "capgate" in report:
         out += ["", f"capgate set-up: `{json.dumps(report['capgate'])}`"]
     out += ["", f"Total wall time: {report.get('wall_s')} s."]
@@ -532,8 +563,12 @@ def main(argv: list[str] | None = None) -> None:
         run_all(settings, Path(tmp), report)
     step("match scaling and policy_decision writer (in this process)")
     report["match_scaling"] = match_scaling()
+    report["exec_startup"] = exec_startup()
     if not settings.stock_only:
         report["decision_writer"] = decision_writer()
+        step("control plane (capgate serve) latency")
+        report["control_plane"] = control_plane()
+        report["caps_diff"] = caps_diff()
     report["wall_s"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(render(report))

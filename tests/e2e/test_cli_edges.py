@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import time
@@ -48,11 +49,20 @@ def test_decisions_follow_with_limit_0_prints_only_new_rows(
         text=True,
     )
     try:
-        time.sleep(1.5)  # the follower has read its starting point
-        assert curl(proxy_process.url(token), ca, tls_upstream.url("/repos/new", "localhost"))[0]
+        # When the follower has read its starting point is unknown: keep making new
+        # requests until it prints one. The first line must be new, not history.
         assert follower.stdout is not None
-        line = follower.stdout.readline()
-        assert json.loads(line)["path"] == "/repos/new"
+        deadline = time.monotonic() + 90
+        line = ""
+        for n in range(1000):
+            assert time.monotonic() < deadline, "the follower printed nothing"
+            url = tls_upstream.url(f"/repos/new-{n}", "localhost")
+            assert curl(proxy_process.url(token), ca, url)[0] == 200
+            ready, _, _ = select.select([follower.stdout], [], [], 2.0)
+            if ready:
+                line = follower.stdout.readline()
+                break
+        assert json.loads(line)["path"].startswith("/repos/new-")
     finally:
         follower.terminate()
         follower.wait(timeout=10)

@@ -115,6 +115,8 @@ def test_both_proxies_see_each_other_changes(cluster: Cluster, tls_upstream: Ups
     # both proxies' decision rows are in the one shared store
     rows = a.decisions("--all-orgs", at_least=4)
     assert len(rows) == 4
+    # and, written by two processes on two homes, they form one verifiable chain per org
+    assert "verified" in b.cli("decisions", "verify", "--all-orgs")
 
 
 @pytest.fixture

@@ -122,11 +122,22 @@ def _workspaces(home: CliHome) -> list[dict]:
 
 
 @needs_bwrap
+@pytest.mark.parametrize("workdir", ["beside", "above"])
 def test_contained_child_cannot_read_the_home_or_find_it_through_proc(
-    cli_home: CliHome, caps_file: Path, pki: TestPki, tls_upstream: Upstream, tmp_path: Path
+    cli_home: CliHome,
+    caps_file: Path,
+    pki: TestPki,
+    tls_upstream: Upstream,
+    tmp_path: Path,
+    workdir: str,
 ) -> None:
+    # beside: the home is outside CMD's folder; above: the home is inside it (bound rw)
     probe = _probe(tmp_path, cli_home, tls_upstream.port)
-    done = _exec(cli_home, caps_file, pki, sys.executable, str(probe), cwd=probe.parent)
+    cwd = probe.parent if workdir == "beside" else tmp_path
+    if workdir == "above":
+        (tmp_path / "probe-args").write_text((probe.parent / "probe-args").read_text())
+    assert (cli_home.root / "key").exists()
+    done = _exec(cli_home, caps_file, pki, sys.executable, str(probe), cwd=cwd)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found["read_key"] != "ok" and found["read_control_db"] != "ok"
@@ -336,3 +347,55 @@ def test_expired_workspace_gets_407_on_its_next_request_at_a_running_proxy(
         assert _status(proxy.url(created["token"]), ca, url) == 407
     finally:
         proxy.terminate()
+
+
+@needs_bwrap
+def test_sigterm_to_exec_reaches_the_contained_command_and_revokes(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
+) -> None:
+    exec_process = subprocess.Popen(
+        [
+            *CAPGATE,
+            "exec",
+            "--caps",
+            str(caps_file),
+            "--role",
+            "researcher",
+            "--user",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            'trap "echo got-term; exit 3" TERM; echo started; sleep 60 & wait',
+        ],
+        env=cli_home.env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert exec_process.stdout is not None
+        assert exec_process.stdout.readline().strip() == "started"
+        exec_process.send_signal(signal.SIGTERM)
+        out, _ = exec_process.communicate(timeout=30)
+    finally:
+        if exec_process.poll() is None:
+            exec_process.kill()
+    assert "got-term" in out
+    assert exec_process.returncode == 3
+    assert all(w["revoked_at"] for w in _workspaces(cli_home))
+
+
+def test_exec_refuses_a_role_the_caps_file_does_not_define(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
+) -> None:
+    before = _workspaces(cli_home)
+    done = subprocess.run(
+        [*CAPGATE, "exec", "--caps", str(caps_file), "--role", "admin", "--user", "alice",
+         "--", "true"],
+        capture_output=True, text=True, env=cli_home.env(), cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "'admin' is not defined in the caps file (roles: researcher)" in done.stderr
+    assert _workspaces(cli_home) == before

@@ -242,8 +242,9 @@ def test_row_decisions_and_audit(world: World) -> None:
 
 def test_illegal_pair_is_422_with_fields_and_the_vault_is_untouched(world: World) -> None:
     stores = (world.home.root / "vault.db", world.home.root / "control.db")
-    before = file_bytes(*stores)
     with world.op() as op:
+        op.get("/v1/me")  # the key's last_used_at is written now, not during the check
+        before = file_bytes(*stores)
         reply = op.post(
             "/v1/credentials",
             json={
@@ -273,9 +274,22 @@ def test_illegal_pair_is_422_with_fields_and_the_vault_is_untouched(world: World
             json={"name": "no spaces", "provider": "openai", "kind": "api_key", "value": GITHUB},
         )
         assert bad_name.status_code == 422
+        bad_scope = op.post(
+            "/v1/credentials",
+            json={
+                "name": "bad",
+                "provider": "microsoft",
+                "kind": "oauth2_client_credentials",
+                "config": {"client_id": "c", "tenant_id": "t"},
+                "scopes": ["two words"],
+                "value": GITHUB,
+            },
+        )
+        assert bad_scope.status_code == 422
+        assert bad_scope.json()["fields"][0]["field"] == "scopes"
         for answer in (reply, unknown, bad_name):
             assert GITHUB not in answer.text
-    assert file_bytes(*stores) == before
+        assert file_bytes(*stores) == before
 
 
 def test_other_orgs_ids_read_like_missing_ones(world: World) -> None:
@@ -343,6 +357,19 @@ def test_routing_errors_and_size_limit_are_json(world: World) -> None:
             headers={"Content-Type": "application/json"},
         )
         assert big.status_code == 413 and big.json()["error"] == "too_large"
+
+        def chunks():  # no Content-Length: the limit is enforced while reading
+            yield b'{"name": "big", "value": "'
+            for _ in range(40):
+                yield b"a" * 65536
+            yield b'"}'
+
+        streamed = op.post(
+            "/v1/secrets", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert streamed.status_code == 413 and streamed.json()["error"] == "too_large"
+        assert "big" not in {s["name"] for s in op.get("/v1/secrets").json()["secrets"]}
+        assert op.get("/v1/decisions", params={"workspace": "ws_nothere"}).status_code == 404
         bad_query = op.get("/v1/decisions", params={"limit": "lots"})
         assert bad_query.status_code == 400 and bad_query.json()["error"] == "bad_request"
         assert op.get("/v1/decisions", params={"after": "x"}).status_code == 400
@@ -369,6 +396,12 @@ def test_health_openapi_and_metrics(world: World) -> None:
         assert "/v1/credentials/{credential_id}/oauth/start" in spec["paths"]
         metrics = anon.get("/metrics")
         assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+        for name in (
+            "capgate_requests_total",
+            "capgate_mints_total",
+            "capgate_decision_queue_depth",
+        ):
+            assert f"# TYPE {name.removesuffix('_total')}" in metrics.text  # the same registry
         root = anon.get("/", follow_redirects=False)
         assert root.status_code in (302, 303, 307) and root.headers["location"] == "/credentials"
 
@@ -399,5 +432,12 @@ def test_caps_check_and_roles(world: World) -> None:
 def test_no_canary_in_the_server_output(world: World) -> None:
     output = world.serve.output()
     assert "capgate.server.access" in output  # the access log is there
+    control = file_bytes(world.home.root / "control.db")  # rows and audit events
     for canary in CANARIES:
         assert canary not in output
+        assert all(canary.encode() not in data for data in control.values())
+    with world.op() as op:
+        events = op.get("/v1/audit", params={"limit": 1000}).text
+    assert '"actor":"api:alice"' in events
+    for canary in CANARIES:
+        assert canary not in events

@@ -119,3 +119,11 @@ def test_serve_refuses_a_public_listener_without_tls_in_front(tmp_path, extra) -
     done = home.run("serve", "--listen", "0.0.0.0:0", *extra, check=False, timeout=30)
     assert done.returncode == 2
     assert "--insecure-public" in done.stderr and "not loopback" in done.stderr
+
+
+def test_serve_refuses_an_invalid_caps_file(tmp_path) -> None:
+    home = make_home(tmp_path / "home")
+    caps = tmp_path / "caps.yaml"
+    caps.write_text("version: 7\n")
+    done = home.run("serve", "--caps", str(caps), check=False, timeout=30)
+    assert done.returncode == 1 and "not a valid caps file" in done.stderr

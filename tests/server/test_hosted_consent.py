@@ -126,6 +126,7 @@ def test_consent_end_to_end_activates_the_users_credential(consent: Consent) -> 
         assert query["redirect_uri"] == [consent.serve.base + "/oauth/callback"]
         assert query["client_id"] == [CLIENT_ID] and query["access_type"] == ["offline"]
         callback = consent.authorize(url)
+        code = parse_qs(urlsplit(callback).query)["code"][0]
         before = consent.code_calls()
         done = bob.get(callback.removeprefix(consent.serve.base))
         assert done.status_code == 303, done.text
@@ -139,6 +140,10 @@ def test_consent_end_to_end_activates_the_users_credential(consent: Consent) -> 
         again = bob.get(callback.removeprefix(consent.serve.base))
         assert again.status_code == 400 and again.json()["error"] == "consent_failed"
         assert consent.code_calls() == before + 1
+    # the access log names the path, never the query (code, state) or a login token
+    output = consent.serve.output()
+    assert "GET /oauth/callback 303" in output and "GET /login/… 303" in output
+    assert code not in output and query["state"][0] not in output and "cgl_" not in output
     # the stored refresh token works: verify mints with it
     with consent.serve.client(consent.keys["bob"]) as api:
         verified = api.post(f"/v1/credentials/{cid}/verify")

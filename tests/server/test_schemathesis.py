@@ -29,6 +29,7 @@ CHECKS = [
 ]
 
 
+@pytest.mark.slow
 def test_no_server_error_and_no_schema_violation(world: World) -> None:
     """Every operation of the document, each with a bounded number of generated cases.
 

@@ -157,6 +157,8 @@ def test_verify_success_and_failure_of_a_stored_credential(setup: Setup) -> None
 
 def test_verify_on_create_writes_nothing_when_it_fails(setup: Setup) -> None:
     stores = (setup.home.root / "vault.db", setup.home.root / "control.db")
+    with setup.serve.client(setup.key) as op:
+        op.get("/v1/me")  # the key's last_used_at is written now, not during the check
     before = file_bytes(*stores)
     reply = _create(setup, "github_pat", BAD, verify=True)
     assert reply.status_code == 422
