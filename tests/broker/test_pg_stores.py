@@ -276,3 +276,33 @@ def test_init_json_names_the_stores_without_the_password(
     assert password not in result.output
     assert document["control_db"].startswith("postgresql://capgate:***@127.0.0.1")
     assert document["vault_db"].endswith(vault.rsplit("/", 1)[1])
+
+
+def test_the_hash_chain_migration_opens_each_existing_orgs_chain(
+    tmp_path: Path, pg_urls: tuple[str, str]
+) -> None:
+    # given a PostgreSQL store at schema version 4 with an org
+    url = pg_urls[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for step in pgstore.PG_MIGRATIONS[:4]:
+            assert isinstance(step, str)
+            conn.execute(step.encode())
+        conn.execute("INSERT INTO schema_version (version) VALUES (4)")
+        conn.execute("INSERT INTO orgs (id, name) VALUES ('org_1', 'acme')")
+    root = tmp_path / "h"
+    root.mkdir()
+    init_home(root, store_url=pg_urls[0], vault_url=pg_urls[1])
+    # when capgate opens it
+    store = ControlStore.open(Home(root))
+    try:
+        heads = store.query("SELECT org_key, kind, seq FROM chain_heads ORDER BY org_key, kind")
+        assert [tuple(r) for r in heads] == [
+            ("", "decisions", 0),
+            ("org_1", "audit", 1),
+            ("org_1", "decisions", 0),
+        ]
+        events = store.query("SELECT action, seq FROM audit_events WHERE org_id = 'org_1'")
+        assert [tuple(e) for e in events] == [("log.chain_start", 1)]
+    finally:
+        store.close()
