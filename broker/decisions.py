@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -179,7 +180,7 @@ class DecisionWriter:
         while self._pending or self._rows:
             batch = self._pending
             while self._rows and len(batch) < FLUSH_ROWS:
-                batch.append(self._rows.popleft())
+                batch.append(storable(self._rows.popleft()))
             self._pending = batch
             try:
                 if conn is None:
@@ -226,6 +227,33 @@ class DecisionWriter:
                 self.failures,
             )
             self._failing_since = None
+
+
+_TEXT_FIELDS = (
+    "org_id",
+    "workspace_id",
+    "capability",
+    "reason",
+    "method",
+    "scheme",
+    "host",
+    "path",
+)
+
+
+def storable(decision: PolicyDecision) -> PolicyDecision:
+    """The row with every text field encodable as UTF-8: a lone surrogate (how mitmproxy
+    keeps a raw 0xFF of an HTTP/2 `:path`) becomes `\\udcff`. Without this one such row
+    could never be written or chained, and a writer that retries a refused batch would
+    retry it forever: no later request of any org would be audited."""
+    changes: dict[str, str] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(decision, name)
+        if isinstance(value, str) and not value.isascii():
+            safe = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            if safe != value:
+                changes[name] = safe
+    return dataclasses.replace(decision, **changes) if changes else decision  # type: ignore[arg-type]
 
 
 def write_chained(conn: Connection, batch: list[PolicyDecision]) -> None:

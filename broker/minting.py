@@ -115,6 +115,13 @@ def _companions(
     return tuple(headers.values()), tuple(query)
 
 
+def _pinned(provider: Provider, config: Mapping[str, str]) -> frozenset[str]:
+    """The companions the operator set in provider_config: they replace the agent's."""
+    names = {name.lower() for key, name in provider.config_headers if config.get(key)}
+    names |= {param for key, param in provider.config_query if config.get(key)}
+    return frozenset(names)
+
+
 def _render(provider: Provider, value: SecretValue, basic: str = "") -> SecretValue:
     return SecretValue(provider.value_format.format(v=value.reveal(), basic=basic))
 
@@ -131,6 +138,7 @@ class ApiKeyMinter(StaticMinter):
             headers=((provider.header, _render(provider, value)),),
             companion_headers=headers,
             companion_query=query,
+            pinned=_pinned(provider, cred.provider_config),
             scrub=leak_patterns(label(cred), value),
         )
 
@@ -151,6 +159,7 @@ class BasicAuthMinter(StaticMinter):
             headers=((provider.header, _render(provider, value, basic=encoded)),),
             companion_headers=headers,
             companion_query=query,
+            pinned=_pinned(provider, cred.provider_config),
             scrub=scrub,
         )
 
@@ -167,6 +176,7 @@ class QueryApiKeyMinter(StaticMinter):
             query=((provider.query_param, _render(provider, value)),),
             companion_headers=headers,
             companion_query=query,
+            pinned=_pinned(provider, cred.provider_config),
             scrub=leak_patterns(label(cred), value),
         )
 

@@ -93,6 +93,24 @@ class Provider:
     default_hosts: tuple[str, ...] = ()
     oauth: OAuthEndpoints | None = None
     verify: VerifyCall | None = None  # static kinds; None: the provider has no fixed host
+    # Further headers and query parameters the provider accepts a credential in, beside
+    # the one capgate stamps (the anthropic SDK sends `Authorization: Bearer` beside
+    # `x-api-key`): `auth` removes the agent's values from all of them.
+    also_accepts_headers: tuple[str, ...] = ()
+    also_accepts_query: tuple[str, ...] = ()
+
+    @property
+    def credential_headers(self) -> tuple[str, ...]:
+        """Every header this provider reads a credential from; Authorization always."""
+        names = [self.header] if self.header else []
+        names += [*self.also_accepts_headers, "Authorization"]
+        return tuple(dict.fromkeys(names, None))
+
+    @property
+    def credential_query(self) -> tuple[str, ...]:
+        """Every query parameter this provider reads a credential from."""
+        names = [self.query_param] if self.query_param else []
+        return tuple(dict.fromkeys([*names, *self.also_accepts_query], None))
 
     @property
     def accepted_config(self) -> frozenset[str]:
@@ -139,6 +157,8 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
             authorize="https://accounts.google.com/o/oauth2/v2/auth",
             authorize_params=(("access_type", "offline"), ("prompt", "consent")),
         ),
+        also_accepts_headers=("x-goog-api-key",),
+        also_accepts_query=("access_token", "key"),
     ),
     Provider(
         slug="microsoft",
@@ -160,6 +180,7 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         companion_headers=(("anthropic-version", "2023-06-01"),),
         default_hosts=("api.anthropic.com",),
         verify=VerifyCall("GET", "https://api.anthropic.com/v1/models"),
+        also_accepts_headers=("Authorization",),
     ),
     _api_key(
         "openai",
@@ -173,23 +194,27 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         fmt="{v}",
         default_hosts=("generativelanguage.googleapis.com",),
         verify=VerifyCall("GET", "https://generativelanguage.googleapis.com/v1beta/models"),
+        also_accepts_query=("key", "access_token"),
     ),
     _api_key(
         "azure_openai",
         header="api-key",
         fmt="{v}",
         config_query=(("api_version", "api-version"),),
+        also_accepts_headers=("Authorization",),
     ),
     _api_key(
         "slack_bot",
         default_hosts=("slack.com",),
         verify=VerifyCall("POST", "https://slack.com/api/auth.test", json_ok=True),
+        also_accepts_query=("token",),
     ),
     _api_key(
         "github_pat",
         companion_headers=(("X-GitHub-Api-Version", "2022-11-28"),),
         default_hosts=("api.github.com",),
         verify=VerifyCall("GET", "https://api.github.com/user"),
+        also_accepts_query=("access_token",),
     ),
     _api_key(
         "notion_token",
@@ -203,6 +228,7 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         "hubspot_pat",
         default_hosts=("api.hubapi.com",),
         verify=VerifyCall("GET", "https://api.hubapi.com/account-info/v3/details"),
+        also_accepts_query=("hapikey",),
     ),
     _api_key(
         "discord_bot",
@@ -218,6 +244,8 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         fmt="{v}",
         default_hosts=("gitlab.com",),
         verify=VerifyCall("GET", "https://gitlab.com/api/v4/user"),
+        also_accepts_headers=("JOB-TOKEN",),
+        also_accepts_query=("private_token", "access_token", "job_token"),
     ),
     _api_key(
         "sendgrid",
@@ -260,6 +288,7 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         header="API-Key",
         fmt="{v}",
         default_hosts=("api.newrelic.com", "api.eu.newrelic.com"),
+        also_accepts_headers=("X-Api-Key", "X-Query-Key"),
     ),
     _api_key("virustotal", header="x-apikey", fmt="{v}", default_hosts=("www.virustotal.com",)),
     _api_key("elasticsearch", fmt="ApiKey {v}"),
@@ -287,6 +316,8 @@ _PROVIDER_LIST: tuple[Provider, ...] = (
         value_format="{v}",
         config_query=(("cx", "cx"),),
         default_hosts=("www.googleapis.com",),
+        also_accepts_headers=("x-goog-api-key",),
+        also_accepts_query=("access_token",),
     ),
 )
 

@@ -131,14 +131,17 @@ class WireCredential:
     """How a minted credential goes on the wire for one request.
 
     `headers`/`query` replace whatever the agent sent under those names; companions are
-    set only when the agent did not send them; `scrub` lists the byte forms to redact from
-    the response as `[REDACTED:<label>]`.
+    set only when the agent did not send them, except the ones the operator pinned in
+    provider_config (`pinned`: lower-cased header names and query parameter names),
+    which replace the agent's like the credential itself; `scrub` lists the byte forms
+    to redact from the response as `[REDACTED:<label>]`.
     """
 
     headers: tuple[tuple[str, SecretValue], ...] = ()
     query: tuple[tuple[str, SecretValue], ...] = ()
     companion_headers: tuple[tuple[str, str], ...] = ()
     companion_query: tuple[tuple[str, str], ...] = ()
+    pinned: frozenset[str] = frozenset()
     scrub: tuple[LeakPattern, ...] = ()
     oauth: bool = False
 

@@ -4,7 +4,8 @@ load with something the request path would then refuse.
 
 - Destinations: `Destination(scheme, host, port)`, `https_port_for(port)`; host names,
   default ports and authority parsing (`parse_authority`) are in hosts.py.
-- Request targets: `path_without_query`, `target_problem`.
+- Request targets: `path_without_query`, `target_problem`; framing: `transfer_coding_problem`,
+  `connection_nominations`.
 - Header names and values: `FORBIDDEN_HEADERS`, `valid_header_name`, `valid_header_value`,
   `header_problem` (the reason codes of a refused header edit), `has_line_break`.
 - Query parameters and paths a transform writes: `valid_query_name`,
@@ -77,10 +78,43 @@ def path_without_query(target: str) -> str:
     return target
 
 
-def target_problem(target: str) -> str | None:
-    """`bad_target` for a fragment in a request target: not valid HTTP, and an upstream
-    that keeps `#` as a path character resolves `/ok#/../admin` past the path glob."""
-    return "bad_target" if "#" in target else None
+def target_problem(target: str, method: str = "GET") -> str | None:
+    """`bad_target` for a request target that is not origin-form (`/...`, or `*` for
+    OPTIONS), or that carries a fragment.
+
+    Only origin-form may reach the upstream: an absolute-form target (`https://other/x`,
+    which an HTTP/2 `:path` can carry) is forwarded to an HTTP/1.1 upstream as its
+    request line, and servers route by that line's host over the Host header. A fragment
+    is not valid HTTP, and an upstream that keeps `#` as a path character resolves
+    `/ok#/../admin` past the path glob."""
+    if target == "*":
+        return None if method.upper() == "OPTIONS" else "bad_target"
+    if not target.startswith("/") or "#" in target:
+        return "bad_target"
+    return None
+
+
+# The Connection options capgate forwards: every other token nominates a header as
+# hop-by-hop, and an intermediary upstream would drop it (a header capgate set, say).
+CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade", "te"})
+
+
+def connection_nominations(value: str) -> list[str]:
+    """The header names a Connection header value nominates (lower case), beyond the
+    options capgate keeps."""
+    tokens = (token.strip().lower() for token in value.split(","))
+    return [token for token in tokens if token and token not in CONNECTION_OPTIONS]
+
+
+def transfer_coding_problem(values: list[str]) -> str | None:
+    """`bad_framing` unless the request's Transfer-Encoding is absent or exactly one
+    `chunked`: other codings (`gzip, chunked`) are framed differently by different
+    servers, so capgate refuses them."""
+    if not values:
+        return None
+    if len(values) == 1 and values[0].strip().lower() == "chunked":
+        return None
+    return "bad_framing"
 
 
 # --- headers -------------------------------------------------------------------------------

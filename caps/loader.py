@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from capgate.caps.errors import CapsError, Problem
-from capgate.caps.globs import compile_glob
+from capgate.caps.globs import Glob, compile_glob
 from capgate.caps.hosts import parse_host_pattern
 from capgate.caps.model import Capability, CapsConfig, Role, Unmatched
 from capgate.caps.transformloader import NAME, TransformReader
@@ -237,7 +237,7 @@ class _Loader:
                 methods.append(text.upper())
         return tuple(dict.fromkeys(methods))
 
-    def _paths(self, match: Entries, where: str) -> list[tuple[str, re.Pattern[str]]]:
+    def _paths(self, match: Entries, where: str) -> list[tuple[str, Glob]]:
         if "paths" not in match:
             return []
         paths = []

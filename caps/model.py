@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from capgate.caps.cel import CelExpression, record
-from capgate.caps.globs import decode_slashes, has_dot_segment
+from capgate.caps.globs import Glob, decode_slashes, has_dot_segment
 from capgate.caps.hosts import HostPattern
 from capgate.caps.http import path_without_query
 from capgate.caps.matcher import Matcher
@@ -269,7 +268,7 @@ class Capability:
     paths: tuple[str, ...]
     allow_plaintext: bool
     transforms: tuple[Transform, ...]
-    path_patterns: tuple[re.Pattern[str], ...] = field(repr=False, compare=False, default=())
+    path_patterns: tuple[Glob, ...] = field(repr=False, compare=False, default=())
 
     @cached_property
     def credentials(self) -> frozenset[str]:

@@ -23,13 +23,12 @@ from capgate.caps.http import header_problem, valid_path, valid_query_value
 
 
 def auth_slots(provider: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Header names and query parameters where this provider's credential goes."""
+    """Every header name and query parameter the provider accepts a credential in (where
+    capgate stamps it, and the others): `auth` clears them all of the agent's values."""
     spec = PROVIDERS.get(provider)
     if spec is None:  # the loader refuses unknown providers; stay closed anyway
         return ("Authorization",), ()
-    headers = (spec.header,) if spec.header else ()
-    query = (spec.query_param,) if spec.query_param else ()
-    return headers, query
+    return spec.credential_headers, spec.credential_query
 
 
 def _bytes(text: str) -> bytes:
@@ -88,7 +87,8 @@ def clear_slots(request: http.Request, headers: Sequence[str], query: Sequence[s
 
 
 def stamp(request: http.Request, wire: WireCredential) -> str | None:
-    """Put a minted credential on the request, replacing; companions only when absent."""
+    """Put a minted credential on the request, replacing; companions only when absent,
+    unless the operator pinned them (then they replace too)."""
     for name, secret in wire.headers:
         if header_problem(name, secret.reveal()) is not None:
             return "invalid_header_value"
@@ -97,13 +97,20 @@ def stamp(request: http.Request, wire: WireCredential) -> str | None:
     if wire.companion_headers:
         present = header_names(request.headers)
         for name, value in wire.companion_headers:
-            if _bytes(name.lower()) not in present and header_problem(name, value) is None:
+            if header_problem(name, value) is not None:
+                continue
+            if name.lower() in wire.pinned:
+                set_header(request.headers, name, value)  # the operator's value wins
+            elif _bytes(name.lower()) not in present:
                 request.headers.fields = (*request.headers.fields, (_bytes(name), _bytes(value)))
     if wire.query or wire.companion_query:
         present_params = query_names(request)
-        companions = [(n, v) for n, v in wire.companion_query if n not in present_params]
+        companions = [
+            (n, v) for n, v in wire.companion_query if n in wire.pinned or n not in present_params
+        ]
         stamped = [(name, secret.reveal()) for name, secret in wire.query]
-        edit_query(request, drop=[name for name, _ in stamped], add=stamped + companions)
+        replaced = [name for name, _ in stamped] + [n for n, _ in companions if n in wire.pinned]
+        edit_query(request, drop=replaced, add=stamped + companions)
     return None
 
 

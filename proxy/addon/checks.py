@@ -14,7 +14,12 @@ import binascii
 from mitmproxy import http
 
 from capgate.caps import Destination, normalize_host, parse_authority
-from capgate.caps.http import has_line_break, target_problem
+from capgate.caps.http import (
+    connection_nominations,
+    has_line_break,
+    target_problem,
+    transfer_coding_problem,
+)
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
 
@@ -43,16 +48,44 @@ def pin_destination(request: http.Request, dest: Destination) -> None:
 
 
 def request_problem(request: http.Request) -> str | None:
-    """A request shape capgate refuses before matching: `bad_target` for a fragment in
-    the request target, `bad_header` for a header value with CR, LF or NUL (an obs-fold,
-    which mitmproxy would forward as a folded line). The rules are in capgate.caps.http."""
-    problem = target_problem(request.path)
+    """A request shape capgate refuses before matching: `bad_target` for a target that
+    is not origin-form or has a fragment, `bad_header` for a header value with CR, LF or
+    NUL (an obs-fold, which mitmproxy would forward as a folded line), `bad_framing` for
+    a transfer coding other than one `chunked`. The rules are in capgate.caps.http."""
+    problem = target_problem(request.path, request.method)
     if problem is not None:
         return problem
     for _, value in request.headers.fields:
         if has_line_break(value):
             return "bad_header"
-    return None
+    return transfer_coding_problem(request.headers.get_all("transfer-encoding"))
+
+
+def drop_nominated_headers(request: http.Request) -> None:
+    """Treat the headers a `Connection:` header nominates as what they are, hop-by-hop:
+    they end here (RFC 9110 7.6.1), and so does their nomination. What is forwarded
+    carries only `close`, `keep-alive`, `upgrade` and `te`, so no header capgate sets
+    later can be nominated for an upstream intermediary to drop."""
+    values = request.headers.get_all("connection")
+    if not values:
+        return
+    nominated = {name for value in values for name in connection_nominations(value)}
+    if not nominated:
+        return
+    kept = [
+        token.strip()
+        for value in values
+        for token in value.split(",")
+        if token.strip() and token.strip().lower() not in nominated
+    ]
+    fields = tuple(
+        field
+        for field in request.headers.fields
+        if field[0].lower().decode("latin-1") not in nominated | {"connection"}
+    )
+    if kept:
+        fields = (*fields, (b"Connection", ", ".join(kept).encode("latin-1")))
+    request.headers.fields = fields
 
 
 def authority_mismatch(request: http.Request, dest: Destination) -> bool:

@@ -46,6 +46,8 @@ class FlowState:
     buffered_body: bool = False
     tripwire: Tripwire | None = None  # for the body, when the activation has values
     streamed_hit: str | None = None  # tripwire label found in a streamed body
+    minted: list[LeakPattern] = field(default_factory=list)  # OAuth tokens stamped here
+    refuse: bool = False  # the response cannot be scrubbed: `response` answers 502
     recorded: bool = False
 
 
@@ -68,6 +70,20 @@ def get_state(flow: http.HTTPFlow) -> FlowState | None:
 DECISION_KEY = "capgate.decision"
 
 
+_SAFE = frozenset(range(0x21, 0x7F)) - {ord("%")}
+
+
+def printable(text: str) -> str:
+    """`text` with every byte outside visible ASCII percent-encoded (`%1B`, `%FF`, `%20`),
+    and `%` itself kept: what the audit row and the access log hold of a request field.
+    A terminal escape cannot reach a terminal, and a raw 0xFF (kept by mitmproxy as a
+    surrogate) cannot stop the decision writer."""
+    data = text.encode("utf-8", "surrogateescape")
+    if all(b in _SAFE or b == 0x25 for b in data):
+        return text
+    return "".join(chr(b) if b in _SAFE or b == 0x25 else f"%{b:02X}" for b in data)
+
+
 def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: int | None) -> None:
     """Record the request's policy decision and access log line, once; drop the state."""
     flow.metadata.pop(KEY, None)
@@ -78,8 +94,8 @@ def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: in
     dest = state.dest
     workspace = state.workspace
     capability = state.capability.name if state.capability is not None else None
-    scheme = dest.scheme if dest else flow.request.scheme
-    host = dest.host if dest else flow.request.host
+    scheme = printable(dest.scheme if dest else flow.request.scheme)
+    host = printable(dest.host if dest else flow.request.host)
     port = dest.port if dest else flow.request.port
     decision = PolicyDecision(
         at=state.started,
@@ -88,11 +104,11 @@ def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: in
         capability=capability,
         decision=str(state.decision),
         reason=state.reason,
-        method=state.method,
+        method=printable(state.method),
         scheme=scheme,
         host=host,
         port=port,
-        path=state.path,
+        path=printable(state.path),
         transforms_applied=tuple(state.applied),
         transforms_failed=dict(state.failed),
         auth_failures=dict(state.auth_failures),
@@ -108,13 +124,46 @@ def finish(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState, status: in
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "%s %s:%s%s %s%s %s %.1fms%s",
-            state.method,
+            decision.method,
             host,
             port,
-            state.path,
+            decision.path,
             state.decision,
             f"/{state.reason}" if state.reason else "",
             status if status is not None else "-",
             duration_ms,
             f" capability={capability}" if capability else "",
         )
+
+
+def record_refusal(
+    broker: BrokerPort,
+    workspace: Workspace | None,
+    scheme: str,
+    host: str,
+    port: int,
+    reason: str,
+    decision: str = Decision.DENY,
+) -> None:
+    """The row (and access log line) of a refusal that has no HTTP request to go with
+    it: a tunnel that carried something other than HTTP, a tripped CONNECT target."""
+    row = PolicyDecision(
+        at=time.time(),
+        org_id=workspace.org_id if workspace else None,
+        workspace_id=workspace.id if workspace else None,
+        capability=None,
+        decision=str(decision),
+        reason=reason,
+        method="-",
+        scheme=printable(scheme),
+        host=printable(host),
+        port=port,
+        path="",
+        transforms_applied=(),
+        transforms_failed={},
+        auth_failures={},
+        upstream_status=None,
+        duration_ms=0.0,
+    )
+    broker.record_decision(row)
+    access_log.info("- %s:%s %s/%s", row.host, port, row.decision, reason)

@@ -12,17 +12,21 @@ scrubbing, the policy_decision row).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import weakref
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.utils import human
 
-from capgate.broker.types import Decision
-from capgate.caps import CapsError, decide, decide_tunnel
+from capgate.broker.types import Decision, Workspace
+from capgate.caps import CapsError, Destination, decide, decide_tunnel
 
 from . import inject
 from .apply import drop_headers
@@ -32,14 +36,16 @@ from .checks import (
     authority_mismatch,
     connect_destination,
     destination,
+    drop_nominated_headers,
     pin_destination,
     proxy_token,
     request_problem,
 )
-from .flowstate import FlowState, finish, get_state, new_state
+from .flowstate import FlowState, finish, get_state, new_state, printable, record_refusal
+from .limits import BODY_LIMIT_KEY
 from .reload import CapsWatcher
-from .responses import deny_response, proxy_auth_required, upstream_cause
-from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
+from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
+from .scrub import activation_scrub, can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
 from .tripwire import tripwire_for
 
@@ -54,6 +60,70 @@ BUFFER_REQUEST_MAX = 64 * 1024
 # What an upgraded WebSocket flow's messages are checked with: (scrub patterns, tripwire,
 # workspace), kept on the flow.
 WEBSOCKET_GUARD = "capgate.websocket"
+INTERNAL_ERROR = "internal_error"
+FAILED_KEY = "capgate.failed"  # a response hook raised: the answer becomes capgate's 502
+
+
+def fail_closed[F: Callable[..., Any]](hook: F) -> F:
+    """Any exception in a capgate hook denies instead of forwarding.
+
+    mitmproxy logs an addon's exception and lets the flow go on: a body transform that
+    raised (a JSON body nested too deep for `json.loads`) would forward the agent's own
+    values beside the credential. Here the request is answered by capgate (500 before
+    the upstream saw it, 502 after) and its row is written with reason `internal_error`.
+    Only the exception's type is logged: its text could quote request bytes.
+    """
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def run_async(self: CapgateAddon, flow: Any, *args: Any) -> Any:
+            try:
+                return await hook(self, flow, *args)
+            except Exception as exc:
+                self._failed(hook.__name__, flow, exc)
+                return None
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(hook)
+    def run(self: CapgateAddon, flow: Any, *args: Any) -> Any:
+        try:
+            return hook(self, flow, *args)
+        except Exception as exc:
+            self._failed(hook.__name__, flow, exc)
+            return None
+
+    return run  # type: ignore[return-value]
+
+
+# Stripped from requests whose responses are scrubbed: a Range request could reassemble a
+# value from partial answers that each stop short of it (judgement: strip rather than
+# refuse, so downloads keep working; the upstream answers 200 with the whole body).
+RANGE_HEADERS = ("Range", "If-Range")
+
+
+def _unscrubbable_framing(response: http.Response) -> bool:
+    codings = response.headers.get_all("transfer-encoding")
+    return bool(codings) and [c.strip().lower() for c in codings] != ["chunked"]
+
+
+def frame_buffered_body(request: http.Request) -> None:
+    """Every forwarded body is framed: a buffered HTTP/2 or HTTP/3 body without a
+    Content-Length gets one (mitmproxy forwards it to an HTTP/1.1 upstream as is)."""
+    headers = request.headers
+    if "content-length" in headers or "transfer-encoding" in headers:
+        return
+    content = request.raw_content
+    if content or request.method.upper() in ("POST", "PUT", "PATCH"):
+        headers["content-length"] = str(len(content or b""))
+
+
+class RefuseConnection(layer.Layer):
+    """A mitmproxy layer that closes the agent's connection and relays nothing."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
 
 
 class CapgateAddon:
@@ -67,6 +137,8 @@ class CapgateAddon:
         self.audit_fail_closed = False
         # Tunnel identity: the token a CONNECT authenticated with, per client connection.
         self.tunnels: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
+        # Client connections whose SNI tripped the tripwire: label, per connection.
+        self.tripped: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         self._poller: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
@@ -146,8 +218,39 @@ class CapgateAddon:
             flow.response = deny_response(status, shown, state.dest, state.method, state.path)
         finish(self.broker, flow, state, None)
 
+    def _failed(self, hook: str, flow: Any, exc: BaseException) -> None:
+        """Deny a flow whose hook raised; never let it go on as it was."""
+        logger.error(
+            "internal error in the %s hook (%s); the flow is refused", hook, type(exc).__name__
+        )
+        try:
+            if not isinstance(flow, http.HTTPFlow):
+                flow.kill()  # a TCP/UDP flow: nothing capgate could check goes through
+                return
+            state = get_state(flow) or new_state(flow)
+            state.decision, state.reason = Decision.DENY, INTERNAL_ERROR
+            if hook == "websocket_message" and flow.websocket is not None:
+                flow.websocket.messages[-1].drop()
+                flow.kill()
+            elif flow.response is not None and hook == "responseheaders":
+                # The body is still to come: buffer it, and `response` answers 502 instead.
+                flow.response.stream = False
+                flow.metadata[FAILED_KEY] = True
+                return
+            elif flow.response is not None and hook == "response":
+                flow.response = internal_error_response(502)
+            elif hook in ("http_connect", "requestheaders", "request"):
+                flow.response = internal_error_response(500)
+            else:
+                flow.kill()
+            finish(self.broker, flow, state, flow.response.status_code if flow.response else None)
+        except Exception:  # the last line of defence must not raise itself
+            logger.error("could not refuse the flow cleanly; killing it")
+            flow.kill()
+
     # -- hooks ----------------------------------------------------------------------------
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
@@ -160,6 +263,20 @@ class CapgateAddon:
         if workspace is None or self.watcher is None:
             return self._deny(flow, state, 407, "proxy_auth")
         state.workspace = workspace
+        label = self._leak_in_name(
+            workspace,
+            flow.request.host,
+            flow.request.authority,
+            header_fields=flow.request.headers.fields,
+        )
+        if label is not None:
+            logger.warning(
+                "tripwire: the CONNECT target from workspace %s carries the value of %s; blocked",
+                workspace.id,
+                label,
+            )
+            state.dest = Destination("https", inject.REDACTED, flow.request.port)
+            return self._deny(flow, state, 403, label, Decision.TRIPWIRE)
         try:
             state.dest = connect_destination(flow.request)
         except ValueError:
@@ -172,9 +289,13 @@ class CapgateAddon:
         self.tunnels[flow.client_conn] = token  # type: ignore[assignment]
         flow.metadata.pop("capgate", None)  # the tunnel itself is not a request row
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.watcher is None:
             return
+        # Whatever happens next, a body mitmproxy buffers for this flow is bounded (also
+        # one sent after a refusal, and one without a length: HTTP/2, HTTP/3).
+        flow.metadata[BODY_LIMIT_KEY] = self.body_limit
         state = new_state(flow)
         refusal = self._admit(flow, state)
         if refusal is not None:
@@ -183,6 +304,11 @@ class CapgateAddon:
         self.watcher.poll()
         config, version = self.watcher.config, self.watcher.version
         state.activation = self.sessions.activation(state.workspace, config, version)
+        # Every value the workspace can use is scrubbed from every response of it: a value
+        # stored upstream through one capability can be read back through another.
+        state.scrub = list(activation_scrub(self.sessions.tripwire_patterns(state.activation)))
+        if state.scrub:
+            drop_headers(flow.request.headers, RANGE_HEADERS)
         label = self._leak_in_head(flow, state)
         if label is not None:
             return self._trip(flow, state, label)
@@ -197,23 +323,34 @@ class CapgateAddon:
             if refusal is not None:
                 return self._deny(flow, state, *refusal)
         await inject.apply_head(self.broker, flow, state)
+        if state.minted:
+            self.sessions.note_minted(state.workspace.org_id, state.minted)
+        if state.scrub:
+            drop_headers(flow.request.headers, RANGE_HEADERS)
         if not verdict.capability.needs_body:
             self._stream_request(flow, state)
 
-    def _admit(self, flow: http.HTTPFlow, state: FlowState) -> tuple[int, str] | None:
+    def _admit(
+        self, flow: http.HTTPFlow, state: FlowState
+    ) -> tuple[int, str] | tuple[int, str, Decision] | None:
         """Who is asking and where the request really goes, before any policy: the
-        (status, reason) to refuse with, or None with state.workspace and state.dest set."""
+        (status, reason[, decision]) to refuse with, or None with state.workspace and
+        state.dest set."""
         if not self._identify(flow, state):
             return 407, "proxy_auth"
+        tripped = self.tripped.get(flow.client_conn)
+        if tripped is not None:
+            return 403, tripped, Decision.TRIPWIRE
+        problem = request_problem(flow.request)
+        if problem is not None:
+            return 400, problem
         try:
             state.dest = destination(flow.request)
         except ValueError:
             return 403, "bad_destination"
         if authority_mismatch(flow.request, state.dest):
             return 403, "host_mismatch"
-        problem = request_problem(flow.request)
-        if problem is not None:
-            return 400, problem
+        drop_nominated_headers(flow.request)
         pin_destination(flow.request, state.dest)
         if self.audit_fail_closed and not self.broker.decisions_writable():
             return 503, "audit_unavailable"
@@ -223,7 +360,7 @@ class CapgateAddon:
         """The label of a stored value the request's head carries (the tripwire runs before
         matching, on every request); keeps the tripwire on the state for the body."""
         assert state.activation is not None and state.dest is not None
-        tripwire = tripwire_for(state.activation.leak_patterns)
+        tripwire = tripwire_for(self.sessions.tripwire_patterns(state.activation))
         if not tripwire:
             return None
         state.tripwire = tripwire
@@ -240,8 +377,15 @@ class CapgateAddon:
 
     def _stream_request(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Stream the body unless it is small enough to check whole before forwarding."""
-        length = flow.request.headers.get("content-length")
+        request = flow.request
+        length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) <= BUFFER_REQUEST_MAX:
+            state.buffered_body = True
+            return
+        if length is None and (request.is_http2 or request.is_http3):
+            # No length and no chunked coding to frame a stream with: an HTTP/1.1 upstream
+            # would read the body's bytes as further requests. Buffer it; `request` frames
+            # it with a Content-Length.
             state.buffered_body = True
             return
         if state.tripwire:
@@ -249,7 +393,10 @@ class CapgateAddon:
             def on_hit(label: str) -> None:
                 state.streamed_hit = label
 
-            flow.request.stream = for_mitmproxy(state.tripwire.stream(on_hit))
+            def on_error() -> None:
+                state.streamed_hit = INTERNAL_ERROR
+
+            flow.request.stream = for_mitmproxy(state.tripwire.stream(on_hit), on_error)
         else:
             flow.request.stream = True
 
@@ -263,9 +410,14 @@ class CapgateAddon:
         state.path = inject.redacted_path(state, flow.request)
         self._deny(flow, state, 403, label, Decision.TRIPWIRE)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         if state is None or flow.response is not None:
+            return
+        if state.streamed_hit == INTERNAL_ERROR:
+            state.decision, state.reason = Decision.DENY, INTERNAL_ERROR
+            flow.kill()
             return
         if state.streamed_hit is not None:
             label = state.streamed_hit
@@ -284,7 +436,10 @@ class CapgateAddon:
                 return self._trip(flow, state, hit)
         if state.body_transforms:
             inject.apply_body(flow, state)
+        if state.buffered_body or state.body_transforms:
+            frame_buffered_body(flow.request)
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         response = flow.response
@@ -295,9 +450,20 @@ class CapgateAddon:
             return
         scrubber = scrubber_for(tuple(state.scrub))
         inject.scrub_headers(response.headers, scrubber)
+        if response.reason:  # the status line's reason phrase is no header, but echoes too
+            reason = scrubber.scrub_text(response.reason)
+            if reason != response.reason:
+                response.reason = reason
         status = response.status_code
         if status < 200 or status in (204, 304):
             return  # no body to frame; after a 101 `response` decides what may follow
+        if status == 206 or _unscrubbable_framing(response):
+            # A partial answer (capgate strips Range, so none was asked for) could hand
+            # out a value piece by piece; a transfer coding other than chunked (`gzip,
+            # chunked`) hides the body from the scrubber. Buffered, then refused.
+            state.refuse = True
+            response.stream = False
+            return
         content_type = response.headers.get("content-type", "").lower()
         length = response.headers.get("content-length")
         small = length is not None and length.isdigit() and int(length) <= BUFFER_RESPONSE_MAX
@@ -312,15 +478,21 @@ class CapgateAddon:
         if not (flow.request.is_http2 or flow.request.is_http3):
             response.headers["transfer-encoding"] = "chunked"
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         response = flow.response
         if state is None or response is None:
             return
+        if flow.metadata.pop(FAILED_KEY, False):
+            flow.response = internal_error_response(502)
+            return finish(self.broker, flow, state, 502)
         if response.status_code == 401 and state.oauth and state.activation is not None:
             for name in state.oauth:
                 self.broker.drop_token(state.activation, name)
-        if response.status_code == 101:
+        if state.refuse:
+            inject.refuse_unscrubbable(response)
+        elif response.status_code == 101:
             self._upgrade(flow, response, state)
         elif state.scrub and not response.stream:
             inject.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
@@ -338,6 +510,7 @@ class CapgateAddon:
         if state.scrub or state.tripwire:
             flow.metadata[WEBSOCKET_GUARD] = (tuple(state.scrub), state.tripwire, state.workspace)
 
+    @fail_closed
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         guard = flow.metadata.get(WEBSOCKET_GUARD)
         if guard is None or flow.websocket is None:
@@ -360,6 +533,87 @@ class CapgateAddon:
             if cleaned != message.content:
                 message.content = cleaned
 
+    def _leak_in_name(
+        self,
+        workspace: Workspace,
+        *names: str,
+        header_fields: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> str | None:
+        """The tripwire on what the agent wrote before any request: a CONNECT target and
+        the CONNECT's other headers, the SNI of its ClientHello (as written, before
+        normalising lower-cases it)."""
+        assert self.watcher is not None
+        self.watcher.poll()
+        config, version = self.watcher.config, self.watcher.version
+        activation = self.sessions.activation(workspace, config, version)
+        tripwire = tripwire_for(self.sessions.tripwire_patterns(activation))
+        if not tripwire:
+            return None
+        for name in names:
+            if name and (label := tripwire.find_in_head(name, "", [])):
+                return label
+        if header_fields:
+            return tripwire.find_in_head("", "", header_fields)
+        return None
+
+    @fail_closed
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """The SNI the agent sends inside a tunnel goes through the tripwire too. It never
+        reaches the upstream (capgate pins the upstream's name); a hit is logged, audited,
+        and every request on that connection is refused."""
+        sni = data.client_hello.sni
+        client = data.context.client
+        token = self.tunnels.get(client)
+        if not sni or token is None or self.watcher is None:
+            return
+        workspace = self.sessions.workspace(token)
+        if workspace is None:
+            return
+        label = self._leak_in_name(workspace, sni)
+        if label is None:
+            return
+        self.tripped[client] = label
+        address = data.context.server.address
+        port = int(address[1]) if address else 0
+        record_refusal(
+            self.broker, workspace, "https", inject.REDACTED, port, label, Decision.TRIPWIRE
+        )
+        logger.warning(
+            "tripwire: the TLS server name from workspace %s carries the value of %s; "
+            "every request on the connection is refused",
+            workspace.id,
+            label,
+        )
+
+    # -- what is not HTTP -------------------------------------------------------------------
+
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        """Inside an intercepted tunnel capgate speaks only HTTP: bytes mitmproxy could not
+        classify as HTTP (a leading blank line is enough) would be relayed as raw TCP, with
+        no policy, no tripwire and no row. mitmproxy's TCP layer cannot be stopped from a
+        hook once it runs, so the layer itself is replaced: the connection is closed, and
+        the refusal audited."""
+        try:
+            if isinstance(nextlayer.layer, (layers.TCPLayer, layers.UDPLayer)):
+                self._refuse_stream(nextlayer)
+        except Exception as exc:
+            logger.error("internal error in the next_layer hook (%s)", type(exc).__name__)
+            nextlayer.layer = RefuseConnection(nextlayer.context)
+
+    def _refuse_stream(self, nextlayer: NextLayer) -> None:
+        context = nextlayer.context
+        nextlayer.layer = RefuseConnection(context)
+        token = self.tunnels.get(context.client)
+        self.sessions.refresh()
+        workspace = self.sessions.workspace(token) if token else None
+        address = context.server.address
+        host, port = (str(address[0]), int(address[1])) if address else ("", 0)
+        record_refusal(self.broker, workspace, "https", host, port, "not_http")
+        logger.warning(
+            "a tunnel to %s:%s carried traffic that is not HTTP; refused", printable(host), port
+        )
+
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         state = get_state(flow)
         if state is None:

@@ -100,6 +100,12 @@ async def apply_head(broker: BrokerPort, flow: http.HTTPFlow, state: FlowState) 
     state.view = request_view(
         request, state.dest, state.path, with_maps=capability.reads_request_maps
     )
+    # Before any transform and whatever a mint's outcome: no agent value in any header or
+    # parameter an `auth` provider reads credentials from goes upstream (the slots a
+    # `header` transform fills later are the operator's).
+    for transform in capability.transforms:
+        if isinstance(transform, AuthTransform):
+            clear_slots(request, *auth_slots(transform.provider))
     for transform in capability.transforms:
         if isinstance(transform, BodyTransform):
             state.body_transforms.append(transform)
@@ -122,9 +128,6 @@ async def _apply_auth(
     broker: BrokerPort, request: http.Request, state: FlowState, transform: AuthTransform
 ) -> None:
     assert state.activation is not None
-    headers, query = auth_slots(transform.provider)
-    # Before minting and whatever its outcome: the agent's own value never goes upstream.
-    clear_slots(request, headers, query)
     stored = state.activation.credentials.get(transform.credential)
     if stored is not None and stored.provider != transform.provider:
         # caps check warns about this; at request time a credential is only ever stamped
@@ -152,6 +155,7 @@ async def _apply_auth(
     state.scrub.extend(wire.scrub)
     if wire.oauth:
         state.oauth.append(transform.credential)
+        state.minted.extend(wire.scrub)
 
 
 def apply_body(flow: http.HTTPFlow, state: FlowState) -> None:
@@ -187,13 +191,26 @@ def find_leak_in_head(tripwire: Tripwire, request: http.Request, dest: Destinati
     return tripwire.find_in_head(request.host, request.path, request.headers.fields)
 
 
+REDACTED = "[REDACTED]"
+
+
 def redacted_path(state: FlowState, request: http.Request) -> str:
-    """The path (and destination host) with leaked values masked, for the audit row."""
+    """The path (and destination host) with leaked values masked, for the audit row and
+    the log: every echo form of every value is replaced by its marker; a path or host in
+    which the tripwire still finds a value (a form no marker covers, a lower-cased host)
+    is replaced whole."""
     assert state.activation is not None
     scrubber = Scrubber(state.activation.leak_patterns)
+    tripwire = state.tripwire
     if state.dest is not None:
-        state.dest = dataclasses.replace(state.dest, host=scrubber.scrub_text(state.dest.host))
-    return path_without_query(scrubber.scrub_text(request.path))
+        host = scrubber.scrub_text(state.dest.host)
+        if tripwire and (tripwire.find_in_head(request.host, "", []) or host != state.dest.host):
+            host = REDACTED
+        state.dest = dataclasses.replace(state.dest, host=host)
+    path = path_without_query(scrubber.scrub_text(request.path))
+    if tripwire and tripwire.find_in_head("", path, []):
+        path = "/" + REDACTED
+    return path
 
 
 def scrub_headers(headers: http.Headers, scrubber: Scrubber) -> None:

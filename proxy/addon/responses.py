@@ -32,8 +32,11 @@ DENY_MESSAGES = {
     "bad_destination": "capgate: the destination host is not a valid name or address",
     "length_required": "capgate: a request body that capgate edits needs a Content-Length",
     "body_too_large": "capgate: the request body is larger than capgate buffers",
-    "bad_target": "capgate: the request target is not a valid path",
+    "bad_target": "capgate: the request target is not an origin-form path",
+    "bad_framing": "capgate: the request's transfer coding is not plain chunked",
+    "not_http": "capgate: traffic inside the tunnel is not HTTP",
     "bad_header": "capgate: a request header value contains a line break",
+    "internal_error": "capgate: internal error; the request was refused",
     "audit_unavailable": "capgate: the decision log cannot be written; refusing requests"
     " until it can (--audit-fail-closed)",
 }
@@ -114,3 +117,10 @@ def install_error_pages() -> None:
 
     _http1.make_error_response = make_error_response
     _http2.format_error = error_body  # type: ignore[assignment]
+
+
+def internal_error_response(status: int) -> http.Response:
+    """capgate's answer when one of its own hooks failed: no upstream byte, no request
+    byte, only the fact (500 before the upstream saw the request, 502 after)."""
+    body = {"error": DENY_MESSAGES["internal_error"], "reason": "internal_error"}
+    return http.Response.make(status, json.dumps(body), {"Content-Type": "application/json"})

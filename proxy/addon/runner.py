@@ -27,7 +27,9 @@ from mitmproxy.proxy import mode_servers
 
 from .broker_port import BrokerPort
 from .hooks import CapgateAddon
+from .limits import install_limits
 from .responses import install_error_pages
+from .upstream import UpstreamIdentity
 
 logger = logging.getLogger("capgate.proxy")
 
@@ -152,9 +154,10 @@ class ProxySettings:
     extra_addons: tuple[Any, ...] = field(default=(), compare=False)
 
 
-def mitmproxy_addons(reuse_port: bool = False) -> list[Any]:
+def mitmproxy_addons(reuse_port: bool = False, before_tls: Sequence[Any] = ()) -> list[Any]:
     """The stock mitmproxy addons capgate runs on (the bench's "bare" baseline uses the
-    same list): core, proxy server, next layer, TLS, h2c refusal; nothing else."""
+    same list): core, proxy server, next layer, TLS, h2c refusal; nothing else.
+    `before_tls`: capgate's own addons that must run between next layer and TLS."""
     server = proxyserver.Proxyserver()
     if reuse_port:
         _REUSE_PORT_SERVERS.add(server)
@@ -162,6 +165,7 @@ def mitmproxy_addons(reuse_port: bool = False) -> list[Any]:
         core.Core(),
         server,
         next_layer.NextLayer(),
+        *before_tls,
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
     ]
@@ -189,10 +193,16 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
     """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
     quiet_libraries()
     install_error_pages()
+    install_limits()
     ca_cert_path(settings.home)
     m = master.Master(options.Options(), with_termlog=False)
     addon = CapgateAddon(broker)
-    m.addons.add(*mitmproxy_addons(settings.reuse_port), *settings.extra_addons, addon)
+    m.addons.add(
+        # UpstreamIdentity before tlsconfig and any address-rewriting addon
+        *mitmproxy_addons(settings.reuse_port, before_tls=(UpstreamIdentity(),)),
+        *settings.extra_addons,
+        addon,
+    )
     m.options.update(
         **mitmproxy_options(settings),
         capgate_caps=str(settings.caps_path),

@@ -1,4 +1,5 @@
-"""Response scrubbing: injected values echoed back by an upstream become `[REDACTED:<name>]`.
+"""Response scrubbing: values echoed back by an upstream become `[REDACTED:<name>]`, in
+every standard encoding an upstream would echo them in (`echo_forms`).
 
 `Scrubber` replaces a fixed set of byte patterns in one buffer (`scrub`) or in a stream of
 chunks (`stream`): between chunks it keeps back the last `len(longest pattern) - 1` bytes,
@@ -9,15 +10,20 @@ Content-Encoding incrementally so that compressed streams can be scrubbed too.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import re
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import quote_from_bytes
 
 import brotli
 import zstandard
 
-from capgate.broker.types import LeakPattern
+from capgate.broker.types import MIN_TRIPWIRE_LENGTH, LeakPattern
+
+logger = logging.getLogger("capgate.scrub")
 
 
 def marker(label: str) -> bytes:
@@ -46,11 +52,91 @@ def hold_from(data: bytes, prefixes: frozenset[bytes], keep: int) -> int:
 def compile_literals(
     values: Iterable[bytes],
 ) -> tuple[re.Pattern[bytes] | None, int, frozenset[bytes]]:
-    """One regex matching any of `values` (longest first, so the longest wins at a
-    position), the longest length, and every proper prefix (for chunk carry-over)."""
+    """One regex matching any of `values` (the longest wins at a position), the longest
+    length, and every proper prefix (for chunk carry-over).
+
+    The regex is a trie (`ab(?:c|d)`), not a flat alternation: with every echo form of
+    every value of an activation there are hundreds of literals, and a flat alternation
+    tries each of them at every position of a body; a trie fails after a byte or two."""
     ordered = sorted(set(values), key=len, reverse=True)
-    regex = re.compile(b"|".join(re.escape(v) for v in ordered)) if ordered else None
+    regex: re.Pattern[bytes] | None = None
+    if ordered:
+        try:
+            regex = re.compile(_trie_pattern(ordered))
+        except (RecursionError, re.error):  # pathological sets: the flat alternation
+            regex = re.compile(b"|".join(re.escape(v) for v in ordered))
     return regex, max(map(len, ordered), default=0), proper_prefixes(ordered)
+
+
+_END = -1  # trie key marking the end of a literal
+
+
+def _trie_pattern(literals: Iterable[bytes]) -> bytes:
+    trie: dict[int, Any] = {}
+    for literal in literals:
+        node = trie
+        for byte in literal:
+            node = node.setdefault(byte, {})
+        node[_END] = {}
+    return _emit(trie)
+
+
+def _emit(node: dict[int, Any]) -> bytes:
+    out = b""
+    while True:  # a chain of single children is a plain run of bytes, no recursion
+        keys = [k for k in node if k != _END]
+        if len(keys) == 1 and _END not in node:
+            out += re.escape(bytes([keys[0]]))
+            node = node[keys[0]]
+            continue
+        break
+    keys = sorted(k for k in node if k != _END)
+    if not keys:
+        return out
+    branches = [re.escape(bytes([k])) + _emit(node[k]) for k in keys]
+    group = branches[0] if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
+    if _END in node:  # greedy: the longer literal is tried first
+        group = (b"(?:" + group + b")?") if len(branches) == 1 else group + b"?"
+    return out + group
+
+
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def echo_forms(value: bytes) -> frozenset[bytes]:
+    r"""The forms in which an upstream would echo `value`: as is; percent-encoded the
+    ways URL encoders do (`quote`, `quote_plus`, `/` kept or not, upper or lower hex: a
+    query value goes on the wire encoded); JSON-escaped the ways JSON encoders do
+    (`json.dumps` with and without ensure_ascii, `\/` as PHP writes it, Go's `\u003c`
+    for `<>&`, every non-alphanumeric or every character as `\u00XX`, either hex case).
+
+    A finite set of standard encodings: an upstream that transforms a value some other
+    way (reversed, split over fields) is not caught. The property test in
+    tests/proxy/test_scrub_forms.py draws from the same encoders."""
+    forms = {value}
+    for safe in ("", "/"):
+        quoted = quote_from_bytes(value, safe=safe)
+        for form in (quoted, quoted.replace("%20", "+")):
+            forms.add(form.encode("ascii"))
+            forms.add(_PERCENT.sub(lambda m: m.group(0).lower(), form).encode("ascii"))
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return frozenset(forms)
+    for ensure_ascii in (True, False):
+        escaped = json.dumps(text, ensure_ascii=ensure_ascii)[1:-1]
+        forms.add(escaped.encode("utf-8", "surrogatepass"))
+        forms.add(escaped.replace("/", "\\/").encode("utf-8", "surrogatepass"))
+        html_safe = escaped.replace("<", "\\u003c").replace(">", "\\u003e")
+        forms.add(html_safe.replace("&", "\\u0026").encode("utf-8", "surrogatepass"))
+    for every in (False, True):
+        for hexfmt in ("\\u{:04x}", "\\u{:04X}"):
+            escaped = "".join(
+                hexfmt.format(ord(c)) if (every or not c.isalnum()) and ord(c) < 0x10000 else c
+                for c in text
+            )
+            forms.add(escaped.encode("utf-8", "surrogatepass"))
+    return frozenset(form for form in forms if form)
 
 
 class Scrubber:
@@ -60,7 +146,8 @@ class Scrubber:
         by_value: dict[bytes, bytes] = {}
         for pattern in patterns:
             if pattern.value:
-                by_value.setdefault(pattern.value, marker(pattern.label))
+                for form in echo_forms(pattern.value):
+                    by_value.setdefault(form, marker(pattern.label))
         self._markers = by_value
         self._regex, self.max_len, self._prefixes = compile_literals(by_value)
 
@@ -197,6 +284,14 @@ class StreamDecoder:
 
 
 @functools.lru_cache(maxsize=256)
+def activation_scrub(patterns: tuple[LeakPattern, ...]) -> tuple[LeakPattern, ...]:
+    """The scrub patterns of an activation: every form of every value it holds, but
+    only values long enough not to occur by chance (MIN_TRIPWIRE_LENGTH): a short value
+    is still scrubbed from the responses of requests it was injected into."""
+    return tuple(p for p in patterns if len(p.value) >= MIN_TRIPWIRE_LENGTH)
+
+
+@functools.lru_cache(maxsize=256)
 def scrubber_for(patterns: tuple[LeakPattern, ...]) -> Scrubber:
     """A compiled Scrubber per distinct pattern set: the set changes only when the
     activation or the matched capability does, not per request. `Sessions` clears this
@@ -204,12 +299,30 @@ def scrubber_for(patterns: tuple[LeakPattern, ...]) -> Scrubber:
     return Scrubber(patterns)
 
 
-def for_mitmproxy(process: Callable[[bytes], bytes]) -> Callable[[bytes], list[bytes]]:
+def for_mitmproxy(
+    process: Callable[[bytes], bytes], on_error: Callable[[], None] | None = None
+) -> Callable[[bytes], list[bytes]]:
     """Adapt a chunk function to mitmproxy's `stream`: an empty chunk on the wire ends a
     chunked body, so "nothing yet" must be an empty list, never b""."""
 
+    broken = False
+
     def stream(chunk: bytes) -> list[bytes]:
-        out = process(chunk)
+        nonlocal broken
+        if broken:
+            return []
+        try:
+            out = process(chunk)
+        except Exception as exc:
+            # Fail closed: a chunk capgate could not check is not passed on, nor anything
+            # after it (the body ends short; the agent sees a truncated answer).
+            broken = True
+            logger.error(
+                "internal error in a body stream (%s); the rest is dropped", type(exc).__name__
+            )
+            if on_error is not None:
+                on_error()
+            return []
         return [out] if out else []
 
     return stream

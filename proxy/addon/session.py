@@ -10,15 +10,18 @@ checked against the clock on every request (a renewed lease is found by re-authe
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
-from capgate.broker.types import Activation, Workspace
+from capgate.broker.types import Activation, LeakPattern, Workspace
 from capgate.caps import CapsConfig
 
 from .broker_port import BrokerPort
-from .scrub import scrubber_for
+from .scrub import activation_scrub, scrubber_for
 from .tripwire import tripwire_for
 
 MAX_CACHED = 10_000
+# Minted OAuth access tokens remembered per org as tripwire patterns (the newest win).
+MAX_MINTED_PER_ORG = 256
 
 
 class Sessions:
@@ -27,6 +30,7 @@ class Sessions:
         self._generation: int | None = None
         self._workspaces: dict[str, Workspace] = {}
         self._activations: dict[tuple[str, int], Activation] = {}
+        self._minted: dict[str, dict[bytes, LeakPattern]] = {}
 
     def refresh(self) -> None:
         """One cheap generation check per request; a move drops every cached answer."""
@@ -35,8 +39,10 @@ class Sessions:
             self._generation = generation
             self._workspaces.clear()
             self._activations.clear()
+            self._minted.clear()
             # Compiled patterns hold values too: a deleted one must not linger in memory.
             scrubber_for.cache_clear()
+            activation_scrub.cache_clear()
             tripwire_for.cache_clear()
 
     def workspace(self, token: str) -> Workspace | None:
@@ -65,3 +71,22 @@ class Sessions:
                 self._activations.clear()
             self._activations[key] = found
         return found
+
+    def note_minted(self, org_id: str, patterns: Iterable[LeakPattern]) -> None:
+        """Remember minted access tokens: an agent that sends one back has seen it."""
+        known = self._minted.setdefault(org_id, {})
+        for pattern in patterns:
+            known.pop(pattern.value, None)
+            known[pattern.value] = pattern
+        while len(known) > MAX_MINTED_PER_ORG:
+            del known[next(iter(known))]
+
+    def minted(self, org_id: str) -> tuple[LeakPattern, ...]:
+        known = self._minted.get(org_id)
+        return tuple(known.values()) if known else ()
+
+    def tripwire_patterns(self, activation: Activation) -> tuple[LeakPattern, ...]:
+        """What the tripwire looks for: the activation's values and the org's minted
+        access tokens."""
+        minted = self.minted(activation.workspace.org_id)
+        return activation.leak_patterns + minted if minted else activation.leak_patterns

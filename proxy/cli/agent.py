@@ -148,7 +148,8 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
 
 
 @dataclass
@@ -318,7 +319,10 @@ def exec_command(
     lease = LeaseKeeper(home, made.workspace.org_id, made.workspace.id, lease_s)
     contained: Contained | None = None
     try:
-        proxy.start()
+        try:
+            proxy.start()
+        except RuntimeError as exc:
+            _fail(str(exc), 1)
         bundle, ca_cert = client_trust_bundle(home), ca_cert_path(home)
         if not no_contain:
             try:
@@ -385,11 +389,20 @@ def _run(
             *contained.box.command(command, ready_w),
         ]
         fds = tuple(fd for fd in (ready_w, filter_fd, options_fd, info_w) if fd is not None)
+    # bwrap dies on a terminal's Ctrl-C and takes the sandbox with it (SIGKILL): start it
+    # with SIGINT and SIGQUIT ignored (inherited); the launcher restores them for CMD.
+    saved = (
+        [(sig, signal.signal(sig, signal.SIG_IGN)) for sig in (signal.SIGINT, signal.SIGQUIT)]
+        if contained is not None
+        else []
+    )
     try:
         child = subprocess.Popen(argv, env=env, pass_fds=fds, **_user_kwargs(run_as))
     except OSError as exc:
         _fail(f"cannot run {argv[0]}: {exc.strerror}", 127)
     finally:
+        for sig, handler in saved:
+            signal.signal(sig, handler)
         for fd in (ready_w, filter_fd, options_fd, info_w):
             if fd is not None:
                 os.close(fd)

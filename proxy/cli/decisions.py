@@ -23,7 +23,19 @@ from capgate.broker.stores import Stores
 from .support import _fail, since_option
 
 
+def _shown(text: str) -> str:
+    """A field as a terminal may show it: control characters (an escape sequence in a
+    recorded path) and anything else unprintable as `\\xNN` / `\\uNNNN`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _row_line(stored: StoredDecision) -> str:
+    return _shown(_raw_line(stored))
+
+
+def _raw_line(stored: StoredDecision) -> str:
     d = stored.decision
     at = datetime.fromtimestamp(d.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
     outcome = d.decision + (f"/{d.reason}" if d.reason else "")

@@ -21,7 +21,11 @@ import sys
 import threading
 
 CHUNK = 65536
-READY = b"R"  # written to the ready descriptor once CMD has been started inside
+READY = b"R"
+TERMINAL_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGQUIT,
+)  # written to the ready descriptor once CMD has been started inside
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -114,7 +118,12 @@ def main(argv: list[str]) -> int:
     """`forward.py PORT SOCKET READY_FD -- CMD [ARG]...`: relay, run CMD, exit with its code."""
     port, path, ready_fd = int(argv[0]), argv[1], int(argv[2])
     command = argv[4:] if argv[3:4] == ["--"] else argv[3:]
-    relay = _tcp_to_unix(port, path).start()  # listening before CMD's first connect
+    relay = _tcp_to_unix(port, path)  # listening before CMD's first connect
+    # exec starts bwrap (and so this launcher) with SIGINT and SIGQUIT ignored, so that a
+    # terminal's Ctrl-C does not kill bwrap (and with it, by SIGKILL, the sandbox). CMD
+    # gets the default dispositions back.
+    for sig in TERMINAL_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
@@ -124,8 +133,14 @@ def main(argv: list[str]) -> int:
         return 127
     os.write(ready_fd, READY)
     os.close(ready_fd)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda number, _frame: _forward(child, number))
+    # exec sends SIGTERM to this launcher alone: pass it on. A terminal's SIGINT, SIGQUIT and
+    # SIGHUP reach CMD directly (same process group): passing them on too would deliver
+    # each twice (two Ctrl-C quit some interactive agents), so here they are ignored, after
+    # CMD started (an ignored disposition would be inherited).
+    signal.signal(signal.SIGTERM, lambda number, _frame: _forward(child, number))
+    for sig in (*TERMINAL_SIGNALS, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    relay.start()
     # This launcher is the sandbox's pid 1: it reaps every orphan until CMD itself exits.
     while True:
         try:

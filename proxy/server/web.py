@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Annotated
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -41,11 +44,32 @@ def login_oidc(ctx: Ctx) -> Response:
     if ctx.oidc is None:
         raise ApiError(404, "not_found", "single sign-on is not configured")
     url = ctx.oidc.start(ctx.public_url + "/login/oidc/callback")
-    return RedirectResponse(url, status_code=303)
+    # Bind the sign-in to this browser: a callback URL carried to another browser (login
+    # CSRF: someone else's account signed in on your screen) is refused there.
+    state = parse_qs(urlsplit(url).query).get("state", [""])[0]
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(
+        OIDC_BINDING_COOKIE,
+        _binding(state),
+        max_age=600,
+        httponly=True,
+        secure=ctx.secure_cookies,
+        samesite="lax",
+        path="/login/oidc",
+    )
+    return response
+
+
+OIDC_BINDING_COOKIE = "capgate_oidc"
+
+
+def _binding(state: str) -> str:
+    return hashlib.sha256(b"capgate oidc binding\0" + state.encode()).hexdigest()
 
 
 @router.get("/login/oidc/callback", include_in_schema=False)
 def login_oidc_callback(
+    request: Request,
     ctx: Ctx,
     state: Annotated[str | None, Query(max_length=512)] = None,
     code: Annotated[str | None, Query(max_length=4096)] = None,
@@ -54,6 +78,9 @@ def login_oidc_callback(
     """The ID token's email names the user (`user add NAME --email E`) of the server's org."""
     if ctx.oidc is None:
         raise ApiError(404, "not_found", "single sign-on is not configured")
+    bound = request.cookies.get(OIDC_BINDING_COOKIE, "")
+    if state and not hmac.compare_digest(bound.encode(), _binding(state).encode()):
+        raise ApiError(403, "forbidden", "this sign-in was not started in this browser")
     try:
         email = ctx.oidc.complete(state, code, error)
     except CapgateError as exc:

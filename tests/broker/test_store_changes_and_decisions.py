@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -52,14 +53,11 @@ def test_generation_moves_after_a_change_in_this_process(stores, org):
 
 
 def test_generation_is_cheap(stores):
-    stores.changes.generation()
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        stores.changes.generation()
-    per_call_us = (time.perf_counter() - start) / n * 1e6
-    print(f"generation(): {per_call_us:.2f} us per call")
-    assert per_call_us < 50
+    """generation() is a local read: no write, no new connection (its cost is measured by
+    `make bench`, not asserted here: no timing thresholds in the pass/fail suite)."""
+    before = stores.changes.generation()
+    for _ in range(1_000):
+        assert stores.changes.generation() == before
 
 
 def decision(i: int, org_id: str, workspace_id: str = "ws_1") -> PolicyDecision:
@@ -167,3 +165,20 @@ def test_a_full_queue_drops_rows_loudly_and_counts_them(stores, org, caplog):
     assert [r.decision.path for r in list_decisions(stores.control, org)] == [
         f"/repos/{i}" for i in range(6)
     ]
+
+
+def test_a_row_the_store_cannot_take_does_not_stop_the_writer(stores, org):
+    """A path with a lone surrogate (mitmproxy keeps a raw 0xFF of an HTTP/2 `:path` so)
+    cannot be encoded for SQLite or the chain: it is stored escaped, and the writer goes
+    on with every later row."""
+    writer = DecisionWriter(stores.home.control_db)
+    bad = dataclasses.replace(decision(1, org), path="/repos/\udcff")
+    writer.record(decision(0, org))
+    writer.record(bad)
+    writer.record(decision(2, org))
+    time.sleep(0.5)
+    writer.record(decision(3, org))
+    writer.close()
+    rows = list_decisions(stores.control, org)
+    assert [r.decision.path for r in rows] == ["/repos/0", "/repos/\\udcff", "/repos/2", "/repos/3"]
+    assert writer.dropped == 0

@@ -15,6 +15,7 @@ import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from .clients import Reply, via_absolute, via_tunnel
 from .conftest import (
@@ -81,6 +82,15 @@ def _agent_sees(name: str, value: str) -> Check:
 def _body_contains(text: str) -> Check:
     def check(reply: Reply, ctx: Ctx) -> None:
         assert text in reply.body.decode("utf-8", "replace")
+
+    return check
+
+
+def _row_free_of(*forms: str) -> Check:
+    def check(reply: Reply, ctx: Ctx) -> None:
+        row = repr(ctx.world.broker.decisions[-1]).lower()
+        for form in forms:
+            assert form.lower() not in row, form
 
     return check
 
@@ -350,6 +360,72 @@ ATTACKS: tuple[Attack, ...] = (
         "deny",
         "bad_header",
     ),
+    # -- second pass (issue 11): targets, framing, fail-closed hooks --------------------------
+    Attack(
+        "asterisk_target_for_get",
+        # Only OPTIONS may use `*`; anything else that is not origin-form is refused.
+        lambda c: c.api("*"),
+        400,
+        "deny",
+        "bad_target",
+    ),
+    Attack(
+        "transfer_coding_other_than_chunked",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Transfer-Encoding", "gzip, chunked")],
+            body=b"0\r\n\r\n",
+        ),
+        400,
+        "deny",
+        "bad_framing",
+    ),
+    Attack(
+        "two_transfer_encoding_headers",
+        lambda c: c.api(
+            "/repos/x",
+            method="POST",
+            headers=[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+            body=b"0\r\n\r\n",
+        ),
+        400,
+        "deny",
+        "bad_framing",
+    ),
+    Attack(
+        "connection_nominates_a_header_capgate_sets",
+        # An intermediary upstream would drop the nominated X-Tenant that capgate set (and
+        # the agent's own X-Nominated is hop-by-hop: it ends at capgate).
+        lambda c: c.api(
+            "/repos/x",
+            headers=[("Connection", "X-Tenant, x-nominated"), ("X-Nominated", "agent")],
+        ),
+        200,
+        "allow",
+        None,
+        reaches_upstream=True,
+        upstream_never_sees=NOTHING_BUT_INJECTED,
+        checks=(
+            _upstream_saw_exactly("X-Tenant", [TENANT_SECRET]),
+            _upstream_saw_exactly("X-Nominated", []),
+            _upstream_saw_exactly("Connection", ["close"]),
+        ),
+    ),
+    Attack(
+        "deeply_nested_json_body_fails_closed",
+        # json.loads raises RecursionError: every body transform would be skipped and the
+        # agent's own /metadata/tenant forwarded. Any hook exception denies instead.
+        lambda c: c.api(
+            "/body",
+            method="POST",
+            headers=[("Content-Type", "application/json")],
+            body=b'{"metadata": {"tenant": "agent-own"}, "x": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        ),
+        500,
+        "deny",
+        "internal_error",
+    ),
     # -- normalisation: other spellings of the same destination are that destination --------
     Attack(
         "upper_case_and_trailing_dot",
@@ -561,6 +637,45 @@ ATTACKS: tuple[Attack, ...] = (
     Attack(
         "tripwire_secret_percent_encoded_in_path",
         lambda c: c.api("/repos/" + "".join(f"%{b:02x}" for b in TENANT_SECRET.encode())),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+        # the row and the log hold no form the tripwire matched, encoded ones included
+        checks=(_row_free_of(quote(TENANT_SECRET, safe=""), "%74%65%6e%61%6e%74"),),
+    ),
+    Attack(
+        "tripwire_secret_upper_percent_encoded_in_query_value",
+        lambda c: c.api("/repos/x?q=" + quote(f"{TENANT_SECRET}/x", safe="")),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+    ),
+    Attack(
+        "tripwire_in_the_connect_target",
+        # Before the tunnel exists: a value in the CONNECT host. The row's host is
+        # redacted (lower-cased, the value would otherwise pass a case-sensitive scan).
+        lambda c: c.tunnel(f"{TENANT_SECRET}.api.test:{c.tls.port}", path="/repos/x"),
+        403,
+        "tripwire",
+        "secret:tenant-id",
+        checks=(_row_free_of(TENANT_SECRET.lower()),),
+    ),
+    Attack(
+        "tripwire_in_a_connect_header",
+        lambda c: c.tunnel(
+            f"api.test:{c.tls.port}",
+            path="/repos/x",
+            connect_headers=[("User-Agent", f"agent/1 ({GITHUB_TOKEN})")],
+        ),
+        403,
+        "tripwire",
+        "credential:github",
+    ),
+    Attack(
+        "tripwire_in_the_connect_target_base64",
+        lambda c: c.tunnel(
+            f"{_b64(TENANT_SECRET).rstrip('=')}.api.test:{c.tls.port}", path="/repos/x"
+        ),
         403,
         "tripwire",
         "secret:tenant-id",

@@ -31,6 +31,43 @@ class TestPki:
     ca_pem: Path
     server_cert_pem: Path
     server_key_pem: Path
+    ca_key_pem: Path | None = None
+
+
+def issue_server_cert(pki: TestPki, directory: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
+    """A further server certificate from the test CA, valid only for `names`: (cert, key)."""
+    assert pki.ca_key_pem is not None
+    ca_key = serialization.load_pem_private_key(pki.ca_key_pem.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_pem.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{names[0]}-cert.pem", directory / f"{names[0]}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -91,6 +128,15 @@ def make_test_pki(directory: Path) -> TestPki:
         ca_pem=directory / "test-ca.pem",
         server_cert_pem=directory / "server-cert.pem",
         server_key_pem=directory / "server-key.pem",
+        ca_key_pem=directory / "test-ca-key.pem",
+    )
+    assert pki.ca_key_pem is not None
+    pki.ca_key_pem.write_bytes(
+        ca_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     pki.ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     pki.server_cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

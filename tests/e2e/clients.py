@@ -97,11 +97,13 @@ def via_tunnel(
     headers: list[tuple[str, str]] | None = None,
     body: bytes = b"",
     tls: bool = True,
+    connect_headers: list[tuple[str, str]] | None = None,
 ) -> Reply:
     """CONNECT `connect` (host:port as written), then one request inside the tunnel."""
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
     try:
         head = [f"CONNECT {connect} HTTP/1.1", f"Host: {connect}"]
+        head += [f"{k}: {v}" for k, v in connect_headers or []]
         if token:
             head.append(f"Proxy-Authorization: {proxy_authorization(token)}")
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("utf-8"))

@@ -63,6 +63,8 @@ class RawUpstream:
     # arrives goes to `after_answer`.
     linger: float = 0.0
     after_answer: list[bytes] = field(default_factory=list)
+    # The TLS server name each connection's ClientHello carried (None: no SNI).
+    snis: list[str | None] = field(default_factory=list)
     _sock: socket.socket | None = None
     _tls: ssl.SSLContext | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -111,6 +113,11 @@ def start_raw_upstream(cert: str | None = None, key: str | None = None) -> RawUp
     if cert and key:
         upstream._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         upstream._tls.load_cert_chain(cert, key)
+
+        def record_sni(_sock: object, name: str | None, _ctx: object) -> None:
+            upstream.snis.append(name)
+
+        upstream._tls.sni_callback = record_sni  # type: ignore[assignment]
     threading.Thread(target=upstream._serve, name="raw-upstream", daemon=True).start()
     return upstream
 

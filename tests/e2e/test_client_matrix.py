@@ -113,7 +113,7 @@ CLIENTS = [
     ),
     Client(
         "node-fetch",  # Node 20 ignores the proxy variables: capgate's preload wires undici
-        ("node",),
+        ("node", "undici"),
         "node -e \"fetch(process.argv[1]).then(r => console.log('STATUS', r.status),"
         ' e => console.log(\'FAILED\', e.cause ? e.cause.code : e.message))" "$URL"',
     ),

@@ -399,3 +399,80 @@ def test_exec_refuses_a_role_the_caps_file_does_not_define(
     assert done.returncode == 2
     assert "'admin' is not defined in the caps file (roles: researcher)" in done.stderr
     assert _workspaces(cli_home) == before
+
+
+def test_exec_refuses_when_the_sandbox_cannot_be_set_up(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
+) -> None:
+    # a bwrap that fails the way it does on a kernel without user namespaces
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n"
+    )
+    (fake / "bwrap").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    done = _exec(
+        cli_home, caps_file, pki, "sh", "-c", "touch ran",
+        env={"PATH": f"{fake}:/usr/bin:/bin"}, cwd=work,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "error: containment could not be set up" in done.stderr
+    assert "--no-contain" in done.stderr
+    assert not (work / "ran").exists()
+    assert all(w["revoked_at"] for w in _workspaces(cli_home))
+
+
+COUNT_SIGINT = """
+import signal, sys, time
+count = 0
+def on_int(number, frame):
+    global count
+    count += 1
+signal.signal(signal.SIGINT, on_int)
+print("ready", flush=True)
+deadline = time.monotonic() + 4
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+print(count, flush=True)
+"""
+
+
+@needs_bwrap
+def test_a_terminal_ctrl_c_reaches_the_contained_command_once(
+    cli_home: CliHome, caps_file: Path, pki: TestPki, tmp_path: Path
+) -> None:
+    # a terminal sends SIGINT to its whole foreground process group: exec, bwrap, CMD
+    exec_process = subprocess.Popen(
+        [
+            *CAPGATE,
+            "exec",
+            "--caps",
+            str(caps_file),
+            "--role",
+            "researcher",
+            "--user",
+            "alice",
+            "--",
+            sys.executable,
+            "-c",
+            COUNT_SIGINT,
+        ],
+        env=cli_home.env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert exec_process.stdout is not None
+        assert exec_process.stdout.readline().strip() == "ready"
+        os.killpg(exec_process.pid, signal.SIGINT)
+        out, _ = exec_process.communicate(timeout=60)
+    finally:
+        if exec_process.poll() is None:
+            exec_process.kill()
+    assert out.strip() == "1"
+    assert exec_process.returncode == 0

@@ -415,6 +415,46 @@ def test_request_trailers_cannot_carry_an_agent_authorization(
             ),
             id="value_after_a_non_websocket_upgrade",
         ),
+        # -- second pass (issue 11): echo paths beyond headers and bodies
+        pytest.param(
+            lambda auth: (
+                b"HTTP/1.1 200 OK " + auth + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            ),
+            id="value_in_reason_phrase",
+        ),
+        pytest.param(
+            lambda auth: (
+                b"HTTP/1.1 103 " + auth + b"\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            ),
+            id="value_in_1xx_reason_phrase",
+        ),
+        pytest.param(
+            lambda auth: b"HTTP/1.1 200 OK\r\nX-Broken " + auth + b"\r\n\r\nok",
+            id="value_in_mitmproxys_error_page_for_a_malformed_head",
+        ),
+        pytest.param(
+            lambda auth: b"HTTP/1.1 " + auth + b"\r\n\r\n",
+            id="value_in_a_malformed_status_line",
+        ),
+        pytest.param(
+            lambda auth: (
+                lambda body: (
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n"
+                    b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+                )
+            )(gzip.compress(b'{"echo": "' + auth + b'"}')),
+            id="value_under_transfer_encoding_gzip",
+        ),
+        pytest.param(
+            lambda auth: (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-%d/100\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                % (len(auth) - 1, len(auth))
+                + auth
+            ),
+            id="value_in_a_partial_response",
+        ),
     ],
 )
 def test_upstream_cannot_echo_the_credential_past_the_scrubber(
@@ -530,7 +570,8 @@ roles:
 
 def test_agent_query_key_is_replaced_in_every_spelling(start_proxy, memory_world, tls_upstream):
     """`key` sent by the agent (also percent-encoded or after `;`) never reaches the
-    upstream; the stamped key is the only `key`. `KEY` is another parameter name."""
+    upstream; the stamped key is the only `key`, and the operator's `cx` the only `cx`.
+    `KEY` is another parameter name."""
     memory_world.broker.add_credential(
         "search", "google_search", SEARCH_KEY, config={"cx": "engine-1"}
     )
@@ -554,7 +595,8 @@ def test_agent_query_key_is_replaced_in_every_spelling(start_proxy, memory_world
     assert [v for k, v in pairs if k == "key"] == [SEARCH_KEY]
     # a `;` inside a value is encoded, so no `;`-splitting upstream sees a second `key`
     assert ";key=" not in sent
-    assert [v for k, v in pairs if k == "cx"] == ["mine"]  # companion only when absent
+    # cx comes from provider_config: the operator pinned it, so it replaces the agent's
+    assert [v for k, v in pairs if k == "cx"] == ["engine-1"]
     _no_canary(reply.body)
     assert SEARCH_KEY not in reply.body.decode()
 

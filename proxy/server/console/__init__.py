@@ -1,7 +1,7 @@
 """The web console (issue 15): server-rendered HTML pages on top of the JSON API.
 
-`router` is included by `capgate.proxy.server.app.create_app`; the console engineer owns
-everything in this package. Until the pages exist, `/credentials` answers a placeholder.
+`router` is included by `capgate.proxy.server.app.create_app`, after the API and the root
+paths (sign-in, single sign-on and the OAuth callback are web.py's).
 """
 
 from __future__ import annotations
