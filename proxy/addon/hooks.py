@@ -412,6 +412,11 @@ class CapgateAddon:
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.request.trailers:
+            # A second header block after the body (HTTP/2; mitmproxy refuses them over
+            # HTTP/1): no policy, tripwire or credential slot covers it, so it ends here.
+            # mitmproxy sends request trailers only after this hook, streamed or not.
+            flow.request.trailers = None
         state = get_state(flow)
         if state is None or flow.response is not None:
             return

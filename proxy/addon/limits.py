@@ -9,7 +9,8 @@ with a known length. capgate therefore wraps two of mitmproxy's layer methods, o
 process (like its error pages in responses.py):
 
 - `Http1Server.read_headers`: 431 and close when the head grows past MAX_HEAD_BYTES or
-  holds more than MAX_HEADER_LINES lines, before any hook has run.
+  holds more than MAX_HEADER_LINES lines, before any hook has run; `Http1Client`'s the
+  same for an upstream's response head (502 to the agent).
 - `HttpStream.state_consume_request_body`: 413 when a body capgate buffers grows past
   the flow's limit (`BODY_LIMIT_KEY` in flow.metadata: `--body-limit`, set in
   `requestheaders`), for every protocol.
@@ -69,6 +70,30 @@ def _bounded_read_headers(original: Callable[..., Any]) -> Callable[..., Any]:
     return read_headers
 
 
+def _bounded_response_head(original: Callable[..., Any]) -> Callable[..., Any]:
+    """The same bound on an upstream's response head: an upstream that never ends its
+    head (or sends thousands of lines) gets its connection closed and the agent a 502."""
+
+    def read_headers(self: Any, event: events.ConnectionEvent) -> Generator[Any, Any, None]:
+        if isinstance(event, events.DataReceived) and self.stream_id is not None:
+            problem = head_problem(bytes(self.buf))
+            if problem is not None:
+                logger.warning("refused a response head from the upstream: %s", problem)
+                yield commands.CloseConnection(self.conn)
+                yield _http1.ReceiveHttp(
+                    http_layers.ResponseProtocolError(
+                        self.stream_id,
+                        f"upstream response head refused: {problem}",
+                        http_layers.ErrorCode.GENERIC_SERVER_ERROR,
+                    )
+                )
+                return
+        yield from original(self, event)
+
+    read_headers.capgate = True  # type: ignore[attr-defined]
+    return read_headers
+
+
 def _bounded_consume(original: Callable[..., Any]) -> Callable[..., Any]:
     def consume(self: Any, event: events.Event) -> Generator[Any, Any, None]:
         flow = self.flow
@@ -107,6 +132,8 @@ def install_limits() -> None:
         return
     server = _http1.Http1Server
     server.read_headers = _bounded_read_headers(server.read_headers)  # type: ignore[method-assign]
+    client = _http1.Http1Client
+    client.read_headers = _bounded_response_head(client.read_headers)  # type: ignore[method-assign]
     stream = http_layers.HttpStream
     stream.state_consume_request_body = _bounded_consume(  # type: ignore[method-assign]
         stream.state_consume_request_body

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,8 +187,3 @@ def sign_in(console: Console, context, user: str):  # type: ignore[no-untyped-de
     page.goto(console.link(user))
     assert page.url == console.base + "/credentials", page.url
     return page
-
-
-def clean_artifacts() -> None:
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)

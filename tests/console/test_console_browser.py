@@ -498,18 +498,18 @@ def test_security_headers_on_every_page(console: Console, context) -> None:  # t
 def test_no_canary_in_any_page_and_a_screenshot_of_each(console: Console, context) -> None:  # type: ignore[no-untyped-def]
     for user in ("alice", "bob"):
         page = sign_in(console, context, user)
-        credential_pages = [
-            f"/credentials/{c['id']}"
+        credential_pages = {
+            f"/credentials/{c['id']}": f"/credential/{c['name']}"  # shots named stably
             for c in console.api(user).get("/v1/credentials").json()["credentials"]
             if user == "alice" or c["user"] in (None, user)  # a member's own view
-        ]
+        }
         for path in (*PAGES, *credential_pages):
             answer = page.goto(path)
             assert answer is not None and answer.status == 200, path
             html = page.content()
             for canary in CANARIES:
                 assert canary not in html, (user, path)
-            screenshot(console, page, f"{user}-{path}")
+            screenshot(console, page, f"{user}-{credential_pages.get(path, path)}")
         page.close()
     for path in console.store_files():
         data = path.read_bytes()

@@ -43,6 +43,7 @@ def h2_via_tunnel(
     sni: str | None = None,
     chunks: int = 1,
     alpn: tuple[str, ...] = ("h2", "http/1.1"),
+    trailers: list[tuple[bytes, bytes]] | None = None,
 ) -> H2Reply:
     """One HTTP/2 request inside a CONNECT tunnel; `headers` include the pseudo-headers
     as given (nothing is added). `body` is sent in `chunks` DATA frames, no length.
@@ -81,8 +82,11 @@ def h2_via_tunnel(
             size = max(1, -(-len(body) // chunks))
             pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
             for i, piece in enumerate(pieces):
-                h2conn.send_data(stream_id, piece, end_stream=i == len(pieces) - 1)
+                last = i == len(pieces) - 1 and not trailers
+                h2conn.send_data(stream_id, piece, end_stream=last)
                 conn.sendall(h2conn.data_to_send())
+            if trailers:
+                h2conn.send_headers(stream_id, trailers, end_stream=True)
         conn.sendall(h2conn.data_to_send())
         return _read(conn, h2conn, stream_id)
     finally:

@@ -22,6 +22,7 @@ import h2.events
 class H2Upstream:
     port: int
     requests: list[list[tuple[str, str]]] = field(default_factory=list)
+    trailers: list[list[tuple[str, str]]] = field(default_factory=list)
     _sock: socket.socket | None = None
     _tls: ssl.SSLContext | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -48,6 +49,8 @@ class H2Upstream:
                 for event in h2conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         self._answer(h2conn, event)
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        self.trailers.append([(str(k), str(v)) for k, v in event.headers])
                 conn.sendall(h2conn.data_to_send())
         except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
             pass

@@ -30,6 +30,7 @@ from .certs import TestPki, issue_server_cert
 from .clients import via_tunnel
 from .conftest import CANARIES, GITHUB_TOKEN, TENANT_SECRET, TestResolver, World
 from .h2_client import h2_via_tunnel
+from .h2_upstream import H2Upstream, start_h2_upstream
 from .nginx_vhosts import Nginx, nginx_binary, start_nginx
 from .raw_upstream import RawUpstream, header_of, start_raw_upstream
 from .test_redteam import RAW_CAPS, Tunnel
@@ -726,3 +727,90 @@ def test_curl_never_receives_an_encoded_echo(
     assert status == 200
     assert encoded not in body
     _no_canary(body)
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_http2_request_trailers_carry_nothing_upstream(
+    raw_proxy, memory_world, raw_upstream, length
+):
+    """An HTTP/2 trailer section is a second header block: an agent's Authorization or a
+    stored value there must not reach the upstream beside the stamped credential."""
+    body = b'{"a": 1}'
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", f"api.test:{raw_upstream.port}".encode()),
+        (b":path", b"/repos/x"),
+    ]
+    if length:
+        headers.append((b"content-length", str(len(body)).encode()))
+    reply = h2_via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        ca=str(raw_proxy.ca),
+        headers=headers,
+        body=body,
+        trailers=[(b"authorization", b"Bearer agent-own"), (b"x-note", TENANT_SECRET.encode())],
+    )
+    assert reply.status in (200, 400, 403, 502) or reply.reset
+    for raw in raw_upstream.requests:
+        assert b"agent-own" not in raw
+        assert TENANT_SECRET.encode() not in raw.partition(b"\r\n\r\n")[2]
+
+
+@pytest.fixture
+def h2_upstream(pki: TestPki) -> Iterator[H2Upstream]:
+    upstream = start_h2_upstream(str(pki.server_cert_pem), str(pki.server_key_pem))
+    yield upstream
+    upstream.stop()
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_http2_request_trailers_never_reach_an_http2_upstream(
+    start_proxy, memory_world, h2_upstream, length
+):
+    running = start_proxy(RAW_CAPS.format(port=h2_upstream.port), memory_world.broker)
+    body = b'{"a": 1}'  # (mitmproxy sends request trailers after `request`, streamed or not)
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", f"api.test:{h2_upstream.port}".encode()),
+        (b":path", b"/repos/x"),
+    ]
+    if length:
+        headers.append((b"content-length", str(len(body)).encode()))
+    reply = h2_via_tunnel(
+        running.port,
+        memory_world.token,
+        f"api.test:{h2_upstream.port}",
+        ca=str(running.ca),
+        headers=headers,
+        body=body,
+        chunks=4,
+        alpn=("h2",),
+        trailers=[(b"authorization", b"Bearer agent-own")],
+    )
+    assert reply.status == 200
+    time.sleep(0.3)
+    assert h2_upstream.requests
+    assert all("agent-own" not in repr(t) for t in h2_upstream.trailers)
+
+
+def test_an_upstream_response_head_without_end_is_not_buffered_without_bound(
+    raw_proxy, memory_world, raw_upstream
+):
+    """The upstream sends 300 KB of one header and keeps the connection open: capgate
+    answers 502 while the upstream still holds it (it used to wait for the upstream,
+    buffering all it sent), and the client's read does not time out."""
+    raw_upstream.respond = lambda raw: b"HTTP/1.1 200 OK\r\nX-Fill: " + b"a" * 300_000
+    raw_upstream.linger = 30.0  # far beyond the client's 10 s timeout
+    reply = via_tunnel(
+        raw_proxy.port,
+        memory_world.token,
+        f"api.test:{raw_upstream.port}",
+        path="/repos/x",
+        ca=str(raw_proxy.ca),
+    )
+    assert reply.status == 502
+    _no_canary(reply.body)
