@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTHON_BASE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 $$HOME/.pyenv/versions/3.12*/bin/python3 python3; do \
   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: containment-tools browser-tools venv demo test test-fast bench nginx lint typecheck clean
+.PHONY: containment-tools browser-tools venv demo test test-fast bench nginx lint typecheck clean postgres
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON_BASE)" ]; then echo "capgate needs Python >= 3.12 (mitmproxy 12); none found on PATH or under ~/.pyenv" >&2; exit 2; fi
@@ -54,8 +54,17 @@ venv: $(STAMP) $(NODE_DEPS) $(AXE_DEPS) containment-tools browser-tools
 demo: venv
 	$(PY) examples/demo.py
 
+# PostgreSQL server binaries for the tests' private cluster (tests/pg.py: initdb into a
+# temporary folder, run as an unprivileged user on 127.0.0.1, stopped by PID). Debian's
+# package; in CI (CI=true) the PostgreSQL tests fail if the cluster cannot start.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null && (apt-get install -y -q postgresql >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }) || \
+	    echo "PostgreSQL not installed: its tests will be skipped (errors in CI)" >&2; }
+
 # Everything, slow tier included (the demo, the CLI-process e2e suites, the races).
-test: venv nginx
+test: venv nginx postgres
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # The tier for every edit: tests not marked slow (@pytest.mark.slow: more than ~5 s).

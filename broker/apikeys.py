@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from . import audit
+from .engine import OperationalError
 from .errors import FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .identity import Principal
@@ -225,7 +226,7 @@ class ApiKeys:
                 conn.execute(
                     "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now_iso(), key_id)
                 )
-        except sqlite3.OperationalError as exc:  # busy: best effort, retried next interval
+        except OperationalError as exc:  # busy: best effort, retried next interval
             log.warning("could not record API key last use: %s", exc)
 
 

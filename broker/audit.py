@@ -9,12 +9,11 @@ writing at once take turns and the chain stays one line.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import asdict, dataclass
 
 from . import chain
 from .home import now_iso
-from .store import ControlStore
+from .store import Connection, ControlStore
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class AuditEvent:
 
 
 def record(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     org_id: str,
     actor: str | None,
@@ -74,7 +73,7 @@ def record(
     write_head(conn, org_id, "audit", chain.Head(fields["seq"], fields["chain"]))
 
 
-def read_head(conn: sqlite3.Connection, org_key: str, kind: str) -> chain.Head:
+def read_head(conn: Connection, org_key: str, kind: str) -> chain.Head:
     """The last link of one chain (inside the write transaction that continues it)."""
     row = conn.execute(
         "SELECT seq, chain FROM chain_heads WHERE org_key = ? AND kind = ?", (org_key, kind)
@@ -82,7 +81,7 @@ def read_head(conn: sqlite3.Connection, org_key: str, kind: str) -> chain.Head:
     return chain.Head(row[0], row[1]) if row else chain.Head()
 
 
-def write_head(conn: sqlite3.Connection, org_key: str, kind: str, head: chain.Head) -> None:
+def write_head(conn: Connection, org_key: str, kind: str, head: chain.Head) -> None:
     conn.execute(
         "INSERT INTO chain_heads (org_key, kind, seq, chain, started_at) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (org_key, kind) DO UPDATE SET seq = excluded.seq, chain = excluded.chain",

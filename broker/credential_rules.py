@@ -9,12 +9,15 @@ user-scoped rows of the same name (PROVIDERS.md, DESIGN.md "Org-scoped and user-
 from __future__ import annotations
 
 import json
-import sqlite3
+from typing import TYPE_CHECKING
 
 from .credential_rows import CredentialSpec
 from .errors import Conflict, Exists, FieldError
 from .providers import USER_SCOPABLE_KINDS, Kind, validate_credential_spec
 from .secretvalue import SecretValue
+
+if TYPE_CHECKING:
+    from .store import Connection
 
 JWT_KINDS = frozenset({Kind.OAUTH2_JWT_BEARER, Kind.OAUTH2_JWT_BEARER_WITH_SUBJECT})
 
@@ -85,9 +88,7 @@ def _is_service_account(value: SecretValue) -> bool:
     )
 
 
-def check_new_row(
-    conn: sqlite3.Connection, org_id: str, spec: CredentialSpec, user_id: str | None
-) -> None:
+def check_new_row(conn: Connection, org_id: str, spec: CredentialSpec, user_id: str | None) -> None:
     """Raise Conflict when a row for (org, name, user) would clash with stored rows."""
     rows = conn.execute(
         "SELECT user_id, provider, kind, allow_user_override FROM credentials"

@@ -13,7 +13,6 @@ before the vault is touched, so rejected input leaves vault.db unchanged.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 
 from . import audit, changes, vault
@@ -32,7 +31,7 @@ from .errors import FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .providers import Kind
 from .secretvalue import SecretValue
-from .store import ControlStore, check_name, new_id
+from .store import Connection, ControlStore, check_name, new_id
 from .vault import Vault
 
 
@@ -357,7 +356,7 @@ class Credentials:
 
     @staticmethod
     def _audit(
-        conn: sqlite3.Connection,
+        conn: Connection,
         org_id: str,
         actor: str | None,
         action: str,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from . import chain, metrics
 from .audit import read_head, write_head
-from .store import ControlStore, connect, immediate
+from .engine import DatabaseError, OperationalError
+from .store import Connection, ControlStore, StoreRow, connect, immediate
 from .types import PolicyDecision
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,13 @@ class DecisionWriter:
 
     def __init__(
         self,
-        control_db: Path,
+        control_db: Path | Callable[[], Connection],
         *,
         max_queued: int = MAX_QUEUED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`control_db`: the SQLite file, or how to open the writer's own connection (a
+        PostgreSQL store: `ControlStore.connect_again`)."""
         self._path = control_db
         self._rows: collections.deque[PolicyDecision] = collections.deque()
         self._pending: list[PolicyDecision] = []  # a refused batch, retried before new rows
@@ -136,7 +139,7 @@ class DecisionWriter:
             self._thread.join()
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conn: Connection | None = None
         backoff = 0.0
         give_up_at: float | None = None
         try:
@@ -165,12 +168,14 @@ class DecisionWriter:
                 conn.close()
             metrics.forget_writer(self)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> Connection:
+        if callable(self._path):
+            return self._path()
         conn = connect(self._path)
         conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
         return conn
 
-    def _drain(self, conn: sqlite3.Connection | None) -> tuple[sqlite3.Connection | None, bool]:
+    def _drain(self, conn: Connection | None) -> tuple[Connection | None, bool]:
         """Write everything queued, oldest first; stop at the first refused batch."""
         while self._pending or self._rows:
             batch = self._pending
@@ -187,7 +192,7 @@ class DecisionWriter:
                 if conn is not None and conn.in_transaction:  # a COMMIT that failed
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                if conn is not None and not isinstance(exc, sqlite3.OperationalError):
+                if conn is not None and not isinstance(exc, OperationalError):
                     conn.close()  # reopen next time: the file or connection may be broken
                     conn = None
                 return conn, False
@@ -206,7 +211,7 @@ class DecisionWriter:
             self._last_failure_log = now
             # sqlite3 and OS errors name the condition ("database is locked", "disk I/O
             # error"); anything else is named by its type only, its text could hold a row.
-            shown = exc if isinstance(exc, sqlite3.Error | OSError) else type(exc).__name__
+            shown = exc if isinstance(exc, (*DatabaseError, OSError)) else type(exc).__name__
             log.error(
                 "cannot write policy decisions (%s): %d rows waiting, %d dropped; retrying",
                 shown,
@@ -251,7 +256,7 @@ def storable(decision: PolicyDecision) -> PolicyDecision:
     return dataclasses.replace(decision, **changes) if changes else decision  # type: ignore[arg-type]
 
 
-def write_chained(conn: sqlite3.Connection, batch: list[PolicyDecision]) -> None:
+def write_chained(conn: Connection, batch: list[PolicyDecision]) -> None:
     """Insert `batch` linked into each org's decisions chain, inside the caller's write
     transaction: the heads are read and moved under the same lock, so any number of
     processes writing to one store produce one chain per org."""
@@ -408,7 +413,7 @@ def list_decisions(
     return [_stored(r) for r in reversed(store.query(sql, tuple(params)))]
 
 
-def _stored(row: sqlite3.Row) -> StoredDecision:
+def _stored(row: StoreRow) -> StoredDecision:
     decision = PolicyDecision(
         at=row["at"],
         org_id=row["org_id"],

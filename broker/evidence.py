@@ -8,7 +8,6 @@ removed from the end.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from . import chain
 from .audit import AuditEvent
 from .decisions import _stored
-from .store import ControlStore
+from .store import ControlStore, StoreRow
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def _org_filter(org_key: str) -> tuple[str, tuple]:
     return "org_id = ?", (org_key,)
 
 
-def _stream(store: ControlStore, sql: str, params: tuple) -> Iterator[sqlite3.Row]:
+def _stream(store: ControlStore, sql: str, params: tuple) -> Iterator[StoreRow]:
     """Rows of one query, fetched in pages (a chain may hold millions of rows)."""
     with store.read() as conn:
         cursor = conn.execute(sql, params)

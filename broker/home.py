@@ -8,6 +8,11 @@ Layout (all under one directory, mode 0700):
     vault.db       the vault store (SQLite, WAL): encrypted durable values only
     locks/         per-credential lock files for cross-process mint serialisation
     ca/            the proxy CA (created by the proxy, not here)
+
+The stores may instead be PostgreSQL databases: `capgate init --store URL --vault URL`
+records the URLs in config.json (mode 0600), and CAPGATE_STORE_URL / CAPGATE_VAULT_URL
+override them; CAPGATE_KEY_FILE points at a key file outside the home (each machine of a
+cluster needs the same key).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from .errors import KeyFileError, NotInitialized
 
 KEY_BYTES = 32
 HOME_FORMAT = 1
+STORE_URL_ENV = "CAPGATE_STORE_URL"
+VAULT_URL_ENV = "CAPGATE_VAULT_URL"
+KEY_FILE_ENV = "CAPGATE_KEY_FILE"
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,27 @@ class Home:
 
     @property
     def key_file(self) -> Path:
-        return self.root / "key"
+        override = os.environ.get(KEY_FILE_ENV)
+        return Path(override).expanduser() if override else self.root / "key"
+
+    def _configured(self, env: str, key: str) -> str | None:
+        if os.environ.get(env):
+            return os.environ[env]
+        try:
+            value = json.loads(self.config.read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def store_url(self) -> str | None:
+        """The control store's PostgreSQL URL, or None for control.db (SQLite)."""
+        return self._configured(STORE_URL_ENV, "store_url")
+
+    @property
+    def vault_url(self) -> str | None:
+        """The vault store's PostgreSQL URL, or None for vault.db (SQLite)."""
+        return self._configured(VAULT_URL_ENV, "vault_url")
 
     @property
     def control_db(self) -> Path:
@@ -77,11 +105,14 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def init_home(root: Path) -> InitResult:
+def init_home(
+    root: Path, *, store_url: str | None = None, vault_url: str | None = None
+) -> InitResult:
     """Create the home folder, config and key file; never overwrite an existing key.
 
     The stores are created (and migrated) by the caller opening them, so running this
-    again on an existing home only fills in what is missing.
+    again on an existing home only fills in what is missing. `store_url` / `vault_url`
+    (PostgreSQL) are recorded in config.json, replacing earlier ones.
     """
     home = Home(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -95,6 +126,11 @@ def init_home(root: Path) -> InitResult:
     if not home.config.exists():
         body = json.dumps({"format": HOME_FORMAT, "created_at": now_iso()}, indent=2) + "\n"
         created_config = _write_exclusive(home.config, body.encode(), 0o600)
+    urls = {k: v for k, v in (("store_url", store_url), ("vault_url", vault_url)) if v}
+    if urls:
+        config = json.loads(home.config.read_text())
+        if any(config.get(k) != v for k, v in urls.items()):
+            replace_file(home.config, (json.dumps(config | urls, indent=2) + "\n").encode())
     return InitResult(home, created_key, created_config)
 
 

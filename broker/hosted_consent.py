@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,7 @@ from .errors import CapgateError, FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .providers import PROVIDERS, Kind
 from .secretvalue import SecretValue
-from .store import ControlStore
+from .store import ControlStore, StoreRow
 from .vault import Vault
 
 if TYPE_CHECKING:  # the OAuth stack (authlib, httpx) loads only when a flow runs
@@ -181,7 +180,7 @@ class HostedConsents:
 
     def _complete(
         self,
-        found: sqlite3.Row,
+        found: StoreRow,
         code: str | None,
         error: str | None,
         signed_in_user_id: str | None,

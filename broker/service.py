@@ -29,6 +29,7 @@ from .errors import FieldError, InvalidInput, NotFound, VaultError
 from .home import Home
 from .minting import (
     Durable,
+    Lock,
     MintEnv,
     StaticMinter,
     bearer_wire,
@@ -41,7 +42,6 @@ from .oauth import DEFAULT_TIMEOUT, Endpoints, MintError
 from .providers import Kind
 from .resolution import resolve_names
 from .secretvalue import SecretValue
-from .store import CredentialLock
 from .stores import Stores
 from .tokencache import DEFAULT_MAX_TTL, DEFAULT_SKEW, Minted, TokenCache
 from .types import (
@@ -81,7 +81,7 @@ class _StoreValues:
     def __init__(self, stores: Stores) -> None:
         self._stores = stores
 
-    def lock(self, cred: ResolvedCredential) -> CredentialLock:
+    def lock(self, cred: ResolvedCredential) -> Lock:
         return self._stores.control.credential_file_lock(cred.id)
 
     def read(self, cred: ResolvedCredential) -> Durable:
@@ -176,7 +176,7 @@ class Broker:
         self._wires: dict[str, tuple[SecretValue, ResolvedCredential, WireCredential]] = {}
         self._fingerprints: dict[str, str] = {}  # cred id -> row fingerprint at activation
         self._cooldown: dict[str, float] = {}  # cred id -> monotonic time of the next try
-        self._decisions = DecisionWriter(stores.home.control_db)
+        self._decisions = DecisionWriter(stores.control.connect_again)
         stores.workspaces.touch_in_background()  # last-use writes never on the event loop
         self._generation = stores.changes.generation()
 

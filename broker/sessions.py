@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
 from .apikeys import is_past, iso_after
 from .home import now_iso
 from .identity import Principal
-from .store import ControlStore
+from .store import Connection, ControlStore
 from .workspaces import Workspaces
 
 LINK_PREFIX = "cgl_"
@@ -54,7 +53,7 @@ class Session:
 
 
 def _insert_session(
-    conn: sqlite3.Connection, token: str, org_id: str, user_id: str, expires_at: str
+    conn: Connection, token: str, org_id: str, user_id: str, expires_at: str
 ) -> None:
     conn.execute(
         "INSERT INTO console_sessions (sha256, org_id, user_id, created_at, expires_at)"
@@ -63,7 +62,7 @@ def _insert_session(
     )
 
 
-def _prune(conn: sqlite3.Connection) -> None:
+def _prune(conn: Connection) -> None:
     """Forget links and sessions that expired (or ended) a day ago or more."""
     cutoff = iso_after(-86400)
     conn.execute("DELETE FROM console_links WHERE expires_at < ?", (cutoff,))

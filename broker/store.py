@@ -1,10 +1,16 @@
-"""The control store: one SQLite file (WAL) holding rows and references, never a value.
+"""The control store: one SQLite file (WAL), or a PostgreSQL database, holding rows and
+references, never a value.
 
 `ControlStore` owns one connection (safe to share between threads: every use holds its
 lock), applies migrations on open, and offers `read()` / `write()` blocks. `write()` is
 `BEGIN IMMEDIATE`, so the proxy and the CLI may write at the same time and simply queue
 on the busy timeout. Schema changes are migrations: append a function to MIGRATIONS; a
 newer capgate upgrades an older home in place when it opens it.
+
+On PostgreSQL (`home.store_url`), the connection is an `engine.PgConnection` speaking the
+same SQL, `write()` is a transaction behind one advisory lock (BEGIN IMMEDIATE's twin),
+migrations are `pgstore.PG_MIGRATIONS` (one twin per SQLite migration, same numbering)
+and credential locks are advisory locks (pgstore.py).
 """
 
 from __future__ import annotations
@@ -23,8 +29,15 @@ from pathlib import Path
 
 import sqlite_utils
 
+from . import engine, pgstore
+from .engine import PgConnection, is_postgres_url
 from .errors import CapgateError, FieldError, InvalidInput, NotFound
 from .home import Home, now_iso
+
+# A store connection: sqlite3's, or the PostgreSQL wrapper speaking the same interface;
+# and the rows they return (both readable by index and by column name).
+Connection = sqlite3.Connection | PgConnection
+StoreRow = sqlite3.Row | engine.Row
 
 BUSY_TIMEOUT_MS = 10_000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -71,8 +84,14 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction taken up front (BEGIN IMMEDIATE); rolled back on any error."""
+def immediate(conn: Connection) -> Iterator[Connection]:
+    """A write transaction taken up front (BEGIN IMMEDIATE); rolled back on any error.
+
+    On PostgreSQL: a transaction that first takes the store's write lock."""
+    if isinstance(conn, PgConnection):
+        with pgstore.write_transaction(conn) as pg:
+            yield pg
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -392,12 +411,11 @@ _ORG_TABLES = (
 class ControlStore:
     """The control database of one home, shared by every broker component of a process."""
 
-    def __init__(
-        self, home: Home, conn: sqlite3.Connection, write_conn: sqlite3.Connection | None = None
-    ) -> None:
+    def __init__(self, home: Home, conn: Connection, write_conn: Connection | None = None) -> None:
         self.home = home
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self.postgres = isinstance(conn, PgConnection)
+        self.db = None if isinstance(conn, PgConnection) else sqlite_utils.Database(conn)
         self.lock = threading.RLock()
         # Writes have a connection and a lock of their own: a write waiting up to the busy
         # timeout for another process's write lock must never hold up a read (the proxy's
@@ -405,6 +423,9 @@ class ControlStore:
         self._write_conn = write_conn if write_conn is not None else conn
         self._write_lock = threading.RLock() if write_conn is not None else self.lock
         self._writing = threading.local()  # this thread's open write transaction, if any
+        self._pg_locks = (
+            pgstore.CredentialLocks(conn.url) if isinstance(conn, PgConnection) else None
+        )
         self.local_changes = 0  # bumped by this process; see changes.ChangeWatcher
         self._org_ids: dict[str, str] = {}
 
@@ -412,6 +433,18 @@ class ControlStore:
     def open(cls, home: Home) -> ControlStore:
         """Open (creating and migrating if needed) the control store of an initialised home."""
         home.require_initialized()
+        url = home.store_url
+        if is_postgres_url(url):
+            assert url is not None
+            pg = pgstore.connect(url, "control")
+            try:
+                pgstore.migrate(pg, len(MIGRATIONS))
+            except BaseException:
+                pg.close()
+                raise
+            return cls(home, pg)
+        if url:
+            raise CapgateError("the control store URL must be a postgresql:// URL")
         conn = connect(home.control_db)
         try:
             migrate(conn)
@@ -421,15 +454,23 @@ class ControlStore:
             raise
         return cls(home, conn, write_conn)
 
+    def connect_again(self) -> Connection:
+        """A second connection to the same store (the decision writer's own)."""
+        if isinstance(self.conn, PgConnection):
+            return pgstore.connect(self.conn.url, "control")
+        return connect(self.home.control_db)
+
     def close(self) -> None:
         with self._write_lock:
             if self._write_conn is not self.conn:
                 self._write_conn.close()
         with self.lock:
             self.conn.close()
+        if self._pg_locks is not None:
+            self._pg_locks.close()
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[Connection]:
         """Hold the connection for a consistent read (one statement or a few).
 
         Inside this thread's own `write()` block, reads go to the write transaction, so
@@ -442,7 +483,7 @@ class ControlStore:
             yield self.conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[Connection]:
         """A BEGIN IMMEDIATE transaction on the write connection (never blocks readers)."""
         with self._write_lock, immediate(self._write_conn) as conn:
             self._writing.conn = conn
@@ -451,7 +492,7 @@ class ControlStore:
             finally:
                 self._writing.conn = None
 
-    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: tuple | dict = ()) -> list:
         with self.read() as conn:
             return conn.execute(sql, params).fetchall()
 
@@ -508,10 +549,12 @@ class ControlStore:
         finally:
             lock.release()
 
-    def credential_file_lock(self, credential_id: str) -> CredentialLock:
+    def credential_file_lock(self, credential_id: str) -> CredentialLock | pgstore.PgCredentialLock:
         """The cross-process lock of one credential, not yet taken."""
         if not re.fullmatch(r"[A-Za-z0-9_]+", credential_id):
             raise ValueError("not a credential id")
+        if self._pg_locks is not None:  # shared stores: a lock across machines
+            return self._pg_locks.lock(credential_id)
         self.home.locks.mkdir(exist_ok=True, mode=0o700)
         return CredentialLock(self.home.locks / f"{credential_id}.lock")
 

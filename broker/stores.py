@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .apikeys import ApiKeys
-from .changes import ChangeWatcher
+from .changes import ChangeWatcher, PgChangeWatcher
 from .credentials import Credentials
 from .home import Home
 from .hosted_consent import HostedConsents
@@ -29,7 +29,7 @@ class Stores:
     credentials: Credentials
     secrets: Secrets
     workspaces: Workspaces
-    changes: ChangeWatcher
+    changes: ChangeWatcher | PgChangeWatcher
     api_keys: ApiKeys
     sessions: Sessions
     consents: HostedConsents
@@ -50,7 +50,7 @@ class Stores:
             credentials=credentials,
             secrets=Secrets(control, vault),
             workspaces=workspaces,
-            changes=ChangeWatcher(control),
+            changes=ChangeWatcher.for_store(control),
             api_keys=ApiKeys(control, workspaces),
             sessions=Sessions(control, workspaces),
             consents=HostedConsents(control, vault, credentials),
@@ -58,5 +58,6 @@ class Stores:
 
     def close(self) -> None:
         self.workspaces.close()
+        self.changes.close()
         self.control.close()
         self.vault.close()

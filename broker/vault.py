@@ -19,19 +19,21 @@ import fcntl
 import hashlib
 import os
 import secrets
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import KeyFileError, VaultError
+from . import pgstore
+from .engine import PgConnection, is_postgres_url
+from .errors import CapgateError, KeyFileError, VaultError
 from .home import Home, encode_key, generate_key, now_iso, read_key, replace_file, write_new_key
 from .secretvalue import SecretValue
-from .store import connect, immediate
+from .store import Connection, connect, immediate
 
 NONCE_BYTES = 12
 VAULT_SCHEMA = (
@@ -90,7 +92,7 @@ def _load_keyring(home: Home) -> _Keyring:
 class Vault:
     """Encrypted durable values of one home. Thread-safe; one instance per process."""
 
-    def __init__(self, home: Home, conn: sqlite3.Connection) -> None:
+    def __init__(self, home: Home, conn: Connection) -> None:
         self.home = home
         self._conn = conn
         self._lock = threading.RLock()
@@ -101,6 +103,14 @@ class Vault:
         """Open the vault of an initialised home; KeyFileError when the key is unusable."""
         home.require_initialized()
         read_key(home.key_file)  # fail on a bad key before touching the store
+        url = home.vault_url
+        if is_postgres_url(url):
+            assert url is not None
+            pg = pgstore.connect(url, "vault")
+            pgstore.create_vault_schema(pg)
+            return cls(home, pg)
+        if url:
+            raise CapgateError("the vault store URL must be a postgresql:// URL")
         conn = connect(home.vault_db)
         # A deleted entry's bytes are zeroed, not left in free pages of vault.db.
         conn.execute("PRAGMA secure_delete = ON")
@@ -151,6 +161,8 @@ class Vault:
             self._checkpoint()
 
     def _checkpoint(self) -> None:
+        if isinstance(self._conn, PgConnection):
+            return  # PostgreSQL reclaims dead rows by VACUUM (autovacuum), not on demand
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reading ---------------------------------------------------------------------
@@ -190,7 +202,7 @@ class Vault:
         except UnicodeDecodeError:
             raise VaultError(f"vault entry {ref} is not UTF-8 text") from None
 
-    def _row(self, ref: str) -> sqlite3.Row:
+    def _row(self, ref: str) -> Any:
         with self._lock:
             row = self._conn.execute(
                 "SELECT kek_id, wrap_nonce, wrapped_key, nonce, ciphertext FROM entries"
@@ -209,7 +221,7 @@ class Vault:
         with self._lock:
             self._keyring = keyring
 
-    def entries(self) -> list[sqlite3.Row]:
+    def entries(self) -> list[Any]:
         """Every entry's ref, org, kind, key id and created_at (no key or value bytes)."""
         with self._lock:
             return self._conn.execute(

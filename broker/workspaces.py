@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from . import audit, changes
+from .engine import OperationalError
 from .errors import Conflict, Exists, FieldError, InvalidInput, NotFound
 from .home import now_iso
 from .store import ControlStore, check_name, new_id
@@ -382,7 +383,7 @@ class Workspaces:
                 conn.execute(
                     "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (at, token_id)
                 )
-        except sqlite3.Error as exc:  # busy: best effort, retried next interval
+        except OperationalError as exc:  # busy: best effort, retried next interval
             log.warning("could not record agent token last use: %s", exc)
 
 

@@ -29,3 +29,36 @@ def _restore_logging() -> Iterator[None]:
         logger.propagate = propagate
         logger.handlers[:] = handlers
         logger.disabled = disabled
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A private PostgreSQL cluster for the session (tests/pg.py), stopped by PID at the end.
+
+    In CI (CI=true) a cluster that cannot start is a test error; elsewhere the tests that
+    need it are skipped with the reason.
+    """
+    import os
+
+    from tests.pg import PostgresUnavailable, PrivatePostgres
+
+    try:
+        pg = PrivatePostgres.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no private PostgreSQL: {exc}")
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_urls(postgres: object, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A fresh pair of databases (control, vault) for one test."""
+    import secrets
+
+    from tests.pg import PrivatePostgres
+
+    assert isinstance(postgres, PrivatePostgres)
+    tag = secrets.token_hex(4)
+    return postgres.create_database(f"control_{tag}"), postgres.create_database(f"vault_{tag}")

@@ -22,7 +22,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import certifi
 from mitmproxy import certs, master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+from mitmproxy.proxy import mode_servers
 
 from .broker_port import BrokerPort
 from .connections import ConnectionGuard
@@ -106,18 +108,51 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def configure_logging(verbose: bool = False, access_log: bool = True) -> None:
-    """capgate owns logging: one stderr handler; libraries at WARNING; no root DEBUG."""
+def configure_logging(
+    verbose: bool = False, access_log: bool = True, worker: int | None = None
+) -> None:
+    """capgate owns logging: one stderr handler; libraries at WARNING; no root DEBUG.
+
+    A worker of `--workers N` tags its lines `[worker I pid P]`, so the shared stderr
+    says which process handled what.
+    """
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     quiet_libraries()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    tag = "" if worker is None else f"[worker {worker} pid {os.getpid()}]"
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"))
     capgate = logging.getLogger("capgate")
     capgate.handlers[:] = [handler]
     capgate.propagate = False
     capgate.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("capgate.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+# --- the SO_REUSEPORT seam ------------------------------------------------------------
+#
+# `capgate proxy --workers N` runs N processes that each listen on the same port; the
+# kernel spreads new connections over them. mitmproxy opens its own listening socket
+# (`AsyncioServerInstance.listen` calls `asyncio.start_server(handler, host, port)`, with
+# no way to pass options or a socket), so the one seam is to replace `listen` on the
+# regular-mode server class with a version that passes `reuse_port=True`, and only for
+# the Proxyserver addons registered below (`build_master(..., reuse_port=True)`); every
+# other master in the process (tests, `capgate exec`) keeps mitmproxy's own `listen`.
+# The kernel only lets sockets of the same effective user join a SO_REUSEPORT group, so
+# another local user cannot bind the port to steal connections.
+_REUSE_PORT_SERVERS: weakref.WeakSet[Any] = weakref.WeakSet()
+_stock_listen = mode_servers.RegularInstance.listen
+
+
+async def _listen(self: Any, host: str, port: int) -> list[Any]:
+    if self.manager in _REUSE_PORT_SERVERS and self.mode.transport_protocol == "tcp":
+        if not port:
+            raise OSError("a SO_REUSEPORT listener needs a concrete port")
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+    return await _stock_listen(self, host, port)
+
+
+mode_servers.RegularInstance.listen = _listen  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -128,35 +163,32 @@ class ProxySettings:
     listen_port: int = 8080
     upstream_cas: tuple[Path, ...] = ()
     body_limit: str = "10m"
+    reuse_port: bool = False  # join a SO_REUSEPORT group on listen_port (a worker)
     audit_fail_closed: bool = False
     extra_addons: tuple[Any, ...] = field(default=(), compare=False)
 
 
-async def build_master(
-    settings: ProxySettings, broker: BrokerPort, first_addons: Sequence[Any] = ()
-) -> master.Master:
-    """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
-    quiet_libraries()
-    install_error_pages()
-    install_limits()
-    ca_cert_path(settings.home)
-    trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
-    m = master.Master(options.Options(), with_termlog=False)
-    addon = CapgateAddon(broker)
-    m.addons.add(
-        *first_addons,
+def mitmproxy_addons(reuse_port: bool = False, before_tls: Sequence[Any] = ()) -> list[Any]:
+    """The stock mitmproxy addons capgate runs on (the bench's "bare" baseline uses the
+    same list): core, proxy server, next layer, TLS, h2c refusal; nothing else.
+    `before_tls`: capgate's own addons that must run between next layer and TLS."""
+    server = proxyserver.Proxyserver()
+    if reuse_port:
+        _REUSE_PORT_SERVERS.add(server)
+    return [
         core.Core(),
-        proxyserver.Proxyserver(),
+        server,
         next_layer.NextLayer(),
-        UpstreamIdentity(),  # before tlsconfig and any address-rewriting addon
+        *before_tls,
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
-        *settings.extra_addons,
-        addon,
-        UpstreamDeadlines(),
-        ConnectionGuard(),
-    )
-    m.options.update(
+    ]
+
+
+def mitmproxy_options(settings: ProxySettings) -> dict[str, Any]:
+    """mitmproxy's own options as capgate sets them (without capgate's addon options)."""
+    trusted = upstream_trust_bundle(settings.home, settings.upstream_cas)
+    return dict(
         mode=["regular"],
         listen_host=settings.listen_host,
         listen_port=settings.listen_port,
@@ -168,6 +200,30 @@ async def build_master(
         body_size_limit=None,
         stream_large_bodies=None,
         connection_strategy="lazy",
+    )
+
+
+async def build_master(
+    settings: ProxySettings, broker: BrokerPort, first_addons: Sequence[Any] = ()
+) -> master.Master:
+    """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
+    quiet_libraries()
+    install_error_pages()
+    install_limits()
+    ca_cert_path(settings.home)
+    m = master.Master(options.Options(), with_termlog=False)
+    addon = CapgateAddon(broker)
+    m.addons.add(
+        *first_addons,
+        # UpstreamIdentity before tlsconfig and any address-rewriting addon
+        *mitmproxy_addons(settings.reuse_port, before_tls=(UpstreamIdentity(),)),
+        *settings.extra_addons,
+        addon,
+        UpstreamDeadlines(),
+        ConnectionGuard(),
+    )
+    m.options.update(
+        **mitmproxy_options(settings),
         capgate_caps=str(settings.caps_path),
         capgate_body_limit=settings.body_limit,
         capgate_audit_fail_closed=settings.audit_fail_closed,
@@ -257,8 +313,13 @@ async def drain(
         )
 
 
-async def serve(settings: ProxySettings, broker: BrokerPort) -> None:
-    """Run until SIGINT/SIGTERM; drain requests in flight, then flush policy decisions."""
+async def serve(
+    settings: ProxySettings, broker: BrokerPort, on_listening: Callable[[], None] | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM; drain requests in flight, then flush policy decisions.
+
+    `on_listening` is called once the socket listens (a worker tells its supervisor).
+    """
     grace = shutdown_grace()
     soft, hard = raise_fd_limit()
     logger.debug("descriptor limit %d (hard %d)", soft, hard)
@@ -296,7 +357,10 @@ async def serve(settings: ProxySettings, broker: BrokerPort) -> None:
             await asyncio.sleep(0.01)
         if ps.listen_addrs():
             host, port, *_ = ps.listen_addrs()[0]
-            logger.info("listening on %s:%d", host, port)
+            if on_listening is None:
+                logger.info("listening on %s:%d", host, port)
+            else:  # a worker: its supervisor announces the port once all listen
+                on_listening()
         await run
     finally:
         for flow in inflight.open_flows():  # forced stop: the rows are still written

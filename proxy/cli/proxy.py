@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,8 @@ import click
 
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home
+
+from .workers import Supervisor, reserve_port
 
 if TYPE_CHECKING:
     from capgate.caps import CapsConfig
@@ -118,7 +123,17 @@ def open_broker(home: Path):  # -> Broker
     is_flag=True,
     help="Refuse requests (503) while policy decisions cannot be written to the store.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Proxy processes sharing the listening port (SO_REUSEPORT) and the home.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never values).")
+# Set by the supervisor of `--workers N` on the processes it starts; not for users.
+@click.option("--worker-index", type=int, default=None, hidden=True)
+@click.option("--ready-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def proxy_command(
     ctx,
@@ -130,21 +145,32 @@ def proxy_command(
     record_dir,
     metrics_listen,
     audit_fail_closed,
+    workers,
     verbose,
+    worker_index,
+    ready_fd,
 ) -> None:
     """Run the proxy: agents authenticate with their workspace token."""
     from ..addon.runner import ProxySettings, ca_cert_path, configure_logging, serve
     from ..replay.record import record_addons
 
-    configure_logging(verbose=verbose, access_log=access_log)
+    configure_logging(verbose=verbose, access_log=access_log, worker=worker_index)
     check_caps(caps_path)
     host, port = _parse_listen(listen)
-    check_port_free(host, port)
+    if worker_index is None:
+        # Also for --workers: no socket at all may be bound there, or a second supervisor
+        # of the same user would join the first one's SO_REUSEPORT group.
+        check_port_free(host, port)
     metrics_addr = _parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None
-    if host not in LOOPBACK:
+    if metrics_addr is not None and workers > 1:
+        raise click.UsageError("--metrics-listen cannot be combined with --workers yet")
+    if host not in LOOPBACK and worker_index is None:
         logger.warning(
             "listening on %s: reachable beyond this machine (tokens still required)", host
         )
+    if workers > 1 and worker_index is None:
+        _supervise(ctx, workers, host, port)
+        return
     settings = ProxySettings(
         home=ctx.obj.home,
         caps_path=caps_path,
@@ -152,6 +178,7 @@ def proxy_command(
         listen_port=port,
         upstream_cas=tuple(upstream_cas),
         body_limit=body_limit,
+        reuse_port=worker_index is not None,
         audit_fail_closed=audit_fail_closed,
         extra_addons=tuple(record_addons(record_dir)) if record_dir else (),
     )
@@ -159,13 +186,72 @@ def proxy_command(
         broker = open_broker(ctx.obj.home)
     except CapgateError as exc:
         _fail(str(exc), exc.exit_code)
-    logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    if worker_index is None:
+        logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
     if metrics_addr is not None:
         _serve_metrics(*metrics_addr)
     try:
-        asyncio.run(serve(settings, broker))
+        asyncio.run(serve(settings, broker, _ready_signal(ready_fd)))
     except (RuntimeError, OSError, ValueError) as exc:
         _fail(str(exc), 1)
+
+
+def _ready_signal(ready_fd: int | None) -> Callable[[], None] | None:
+    """A worker tells its supervisor that it listens by writing one byte to `ready_fd`."""
+    if ready_fd is None:
+        return None
+
+    def signal_ready() -> None:
+        try:
+            os.write(ready_fd, b"R")
+        finally:
+            os.close(ready_fd)
+
+    return signal_ready
+
+
+def _supervise(ctx: click.Context, count: int, host: str, port: int) -> None:
+    """`--workers N`: reserve the port, run N copies of this command as workers."""
+    from capgate.broker.stores import Stores
+
+    try:
+        Stores.open(Home(ctx.obj.home)).close()  # migrate once, and fail here, not N times
+        reserved = reserve_port(host, port)
+    except CapgateError as exc:
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1)
+    port = reserved.getsockname()[1]
+    # The worker's argv: this invocation's own options, minus --listen/--workers.
+    params = {k: v for k, v in ctx.params.items() if k not in ("listen", "workers")}
+    base = [sys.executable, "-m", "capgate.proxy", "--home", str(ctx.obj.home)]
+    base += ["--org", ctx.obj.org, "proxy", "--caps", str(params["caps_path"])]
+    for ca in params["upstream_cas"]:
+        base += ["--upstream-ca", str(ca)]
+    base += ["--body-limit", params["body_limit"], "--listen", f"{host}:{port}"]
+    base.append("--access-log" if params["access_log"] else "--no-access-log")
+    if params["record_dir"] is not None:
+        base += ["--record", str(params["record_dir"])]
+    if params["verbose"]:
+        base.append("-v")
+    if params["audit_fail_closed"]:
+        base.append("--audit-fail-closed")
+    from ..addon.runner import ca_cert_path
+
+    logger.info("CA certificate for agents: %s", ca_cert_path(ctx.obj.home))
+    supervisor = Supervisor(
+        count, lambda index, fd: [*base, "--worker-index", str(index), "--ready-fd", str(fd)]
+    )
+
+    def announce() -> None:
+        logger.info("listening on %s:%d", host, port)
+
+    try:
+        code = supervisor.run(announce)
+    finally:
+        reserved.close()
+    if code:
+        _fail("the workers could not start", code)
 
 
 def _serve_metrics(host: str, port: int) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from capgate.broker import pgstore
+from capgate.broker.engine import is_postgres_url, redact_url
 from capgate.broker.home import init_home
 from capgate.broker.provision import provision_workspace
 from capgate.broker.stores import Stores
@@ -31,22 +33,58 @@ from .support import (
     type=click.Path(path_type=Path, file_okay=False),
     help="Same as the global --home.",
 )
+@click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    help="A PostgreSQL control store (postgresql://...; default: control.db in the home).",
+)
+@click.option(
+    "--vault",
+    "vault_url",
+    metavar="URL",
+    help="A PostgreSQL vault store (postgresql://...; default: vault.db in the home).",
+)
 @json_option
 @click.pass_context
 @handles_errors
-def init_command(ctx: click.Context, home_dir: Path | None, as_json: bool) -> None:
-    """Create the home: config, key file (0600), control and vault stores. Idempotent."""
-    result = init_home((home_dir or ctx.obj.home).expanduser())
+def init_command(
+    ctx: click.Context,
+    home_dir: Path | None,
+    store_url: str | None,
+    vault_url: str | None,
+    as_json: bool,
+) -> None:
+    """Create the home: config, key file (0600), control and vault stores. Idempotent.
+
+    Shared PostgreSQL stores: every machine runs `capgate init --store URL --vault URL`
+    with the same key file (copy it into each home, or set CAPGATE_KEY_FILE).
+    """
+    for option, url in (("--store", store_url), ("--vault", vault_url)):
+        if url is not None and not is_postgres_url(url):
+            raise click.BadParameter("expected a postgresql:// URL", param_hint=option)
+    # Reach both databases before anything is written: a wrong URL leaves no trace.
+    for what, url in (("control", store_url), ("vault", vault_url)):
+        if url is not None:
+            pgstore.connect(url, what).close()
+    result = init_home(
+        (home_dir or ctx.obj.home).expanduser(), store_url=store_url, vault_url=vault_url
+    )
     Stores.open(result.home).close()  # creates and migrates both stores
     document = {
         "home": str(result.home.root),
         "key_file": str(result.home.key_file),
-        "control_db": str(result.home.control_db),
-        "vault_db": str(result.home.vault_db),
+        # Where each store is: its file, or its PostgreSQL URL without the password.
+        "control_db": _where(result.home.store_url, result.home.control_db),
+        "vault_db": _where(result.home.vault_url, result.home.vault_db),
         "created_key": result.created_key,
     }
     verb = "initialised" if result.created_key else "already initialised (key kept)"
     _emit(as_json, document, f"{verb}: {result.home.root}")
+
+
+def _where(url: str | None, path: Path) -> str:
+    return redact_url(url) if url else str(path)
 
 
 @click.group("vault")

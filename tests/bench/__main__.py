@@ -32,6 +32,7 @@ from tests.bench.procs import (
     capgate_available,
     cpu_seconds,
     rss_kib,
+    start_bare,
     start_capgate,
     start_mitmdump,
 )
@@ -232,6 +233,9 @@ def run_all(settings: Settings, workdir: Path, report: Result) -> None:
         bench.load(setup.without_decisions, "https", up.https_port, connections=4, requests=20)
         calls_after_first, served_after_first = len(oauth.calls), dict(bench.served)
         stock_sections(bench, report, stock, streaming, capgate, setup.without_decisions)
+        baseline_sections(bench, report, start_bare(procs, workdir, pki.ca_pem), capgate)
+        workers_sections(bench, report, setup)
+        postgres_sections(bench, report, stack, workdir, pki.ca_pem, oauth, capgate)
         capgate_sections(bench, report, capgate, setup.without_decisions)
         report["token_endpoint"] = {
             "calls_for_first_200_requests": calls_first,
@@ -276,6 +280,80 @@ def stock_sections(
         p.name: bench.load(p, "ttfb", up.sse_https_port, connections=1, requests=5, path=SSE_PATH)
         for p in (stock, streaming, *more[:1])
     }
+
+
+def baseline_sections(bench: Bench, report: Result, bare: Proxy, capgate: Proxy) -> None:
+    """capgate against mitmproxy with exactly its runner's addons: capgate's own cost."""
+    s, up = bench.settings, bench.up
+    keep_alive = {"connections": 16, "duration": s.duration}
+    step("bare mitmproxy (capgate's addons, no capgate) vs capgate, plain HTTP and HTTPS")
+    for mode, port in (("http", up.http_port), ("https", up.https_port)):
+        bench.load(bare, mode, port, connections=8, duration=1)  # warm-up
+    pair = [bare, capgate]
+    report["bare_http"] = compare(bench, pair, "http", up.http_port, **keep_alive)
+    report["bare_https"] = compare(bench, pair, "https", up.https_port, **keep_alive)
+
+
+def workers_sections(bench: Bench, report: Result, setup: Any) -> None:
+    """`--workers 1` vs `--workers 2`, same load. The proxies are not pinned (two workers
+    need two cores); the load generator stays on its own core, so on a two-core machine
+    the workers share the cores with it and the upstream."""
+    s, up = bench.settings, bench.up
+    step("capgate --workers 1 vs --workers 2, HTTPS keep-alive")
+    one = setup.variant("workers-1", ["--workers", "1", "--no-access-log"], None)
+    two = setup.variant("workers-2", ["--workers", "2", "--no-access-log"], None)
+    for proxy in (one, two):
+        bench.load(proxy, "https", up.https_port, connections=16, duration=1)  # warm-up
+    pair = [one, two]
+    load = {"connections": 32, "duration": s.duration}
+    report["workers_https"] = compare(bench, pair, "https", up.https_port, **load)
+    report["workers_http"] = compare(bench, pair, "http", up.http_port, **load)
+    for proxy in pair:
+        bench.procs.stop(proxy.proc)
+
+
+def postgres_sections(
+    bench: Bench,
+    report: Result,
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    upstream_ca: Path,
+    oauth: Any,
+    sqlite: Proxy,
+) -> None:
+    """capgate on SQLite stores vs the same on PostgreSQL stores (a private cluster on
+    this machine), same caps and credentials, same load: nothing on the per-request path
+    should touch the database."""
+    from tests.pg import PostgresUnavailable, PrivatePostgres
+
+    s, up = bench.settings, bench.up
+    step("capgate on SQLite vs PostgreSQL stores, HTTPS and plain HTTP keep-alive")
+    try:
+        pg = stack.enter_context(PrivatePostgres.start())
+    except PostgresUnavailable as exc:
+        report["postgres_https"] = {"skipped": str(exc)}
+        return
+    ports = (up.http_port, up.https_port, up.sse_http_port, up.sse_https_port)
+    setup = start_capgate(
+        bench.procs,
+        workdir,
+        upstream_ca,
+        [(HOST, port) for port in ports],
+        count=bench.settings.caps,
+        token_url=oauth.token_url,
+        client=OAUTH_CLIENT,
+        store_urls=(pg.create_database("bench_control"), pg.create_database("bench_vault")),
+        name="capgate-pg",
+    )
+    bench.procs.stop(setup.without_decisions.proc)
+    on_pg = setup.proxy
+    for mode, port in (("http", up.http_port), ("https", up.https_port)):
+        bench.load(on_pg, mode, port, connections=8, duration=1)  # warm-up, first mint
+    pair = [sqlite, on_pg]
+    keep_alive = {"connections": 16, "duration": s.duration}
+    report["postgres_https"] = compare(bench, pair, "https", up.https_port, **keep_alive)
+    report["postgres_http"] = compare(bench, pair, "http", up.http_port, **keep_alive)
+    bench.procs.stop(on_pg.proc)
 
 
 def capgate_sections(bench: Bench, report: Result, capgate: Proxy, nodecisions: Proxy) -> None:
@@ -330,6 +408,12 @@ WORKLOADS = (
     ("latency_https", "HTTPS CONNECT, 1 conn (unloaded)"),
     ("decisions_throughput", "decisions on vs off: HTTPS keep-alive, 16 conns"),
     ("decisions_latency", "decisions on vs off: HTTPS, 1 conn"),
+    ("bare_http", "bare mitmproxy vs capgate: plain HTTP keep-alive, 16 conns"),
+    ("bare_https", "bare mitmproxy vs capgate: HTTPS keep-alive, 16 conns"),
+    ("workers_https", "1 vs 2 workers: HTTPS keep-alive, 32 conns"),
+    ("workers_http", "1 vs 2 workers: plain HTTP keep-alive, 32 conns"),
+    ("postgres_https", "SQLite vs PostgreSQL stores: HTTPS keep-alive, 16 conns"),
+    ("postgres_http", "SQLite vs PostgreSQL stores: plain HTTP keep-alive, 16 conns"),
 )
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -43,9 +44,14 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
+    """User + system CPU time a process and its live children (workers) have used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 @dataclass
@@ -280,6 +286,8 @@ class CapgateSetup:
     without_decisions: Proxy  # the same, with policy_decision recording switched off
     credential_kind: str
     startup_s: float  # process start to listening (loads and compiles caps.yaml)
+    # Another `capgate proxy` on the same home: (name, extra CLI args, cpu or None).
+    variant: Callable[[str, list[str], int | None], Proxy]
 
 
 def start_capgate(
@@ -291,6 +299,8 @@ def start_capgate(
     count: int,
     token_url: str,
     client: tuple[str, str],
+    store_urls: tuple[str, str] | None = None,
+    name: str = "capgate",
 ) -> CapgateSetup:
     """Initialise a throwaway home, store a credential and a secret, start `capgate proxy`.
 
@@ -298,10 +308,13 @@ def start_capgate(
     redirected to `token_url` (CAPGATE_UNSAFE_TOKEN_ENDPOINTS). A second proxy on the same
     home runs with policy_decision recording switched off (tests/bench/nodecisions.py).
     """
-    home = workdir / "capgate-home"
+    home = workdir / f"{name}-home"
     env = dict(os.environ, CAPGATE_HOME=str(home))
     env["CAPGATE_UNSAFE_TOKEN_ENDPOINTS"] = json.dumps({"microsoft": token_url})
-    _capgate(home, env, "init")
+    if store_urls is not None:  # PostgreSQL control and vault stores
+        _capgate(home, env, "init", "--store", store_urls[0], "--vault", store_urls[1])
+    else:
+        _capgate(home, env, "init")
     kind, provider = "oauth2_client_credentials", "microsoft"
     _capgate(
         home, env, "cred", "add", "bench-cred", "--provider", provider, "--kind", kind,
@@ -322,12 +335,12 @@ def start_capgate(
 
     port, variant_port = free_port(), free_port()
     started = time.monotonic()
-    proc = procs.spawn(command([str(CAPGATE)], port), name="capgate", cpu=procs.proxy_cpu, env=env)
+    proc = procs.spawn(command([str(CAPGATE)], port), name=name, cpu=procs.proxy_cpu, env=env)
     wait_port(port, proc, timeout=120)
     startup = time.monotonic() - started
     variant = procs.spawn(
         command([sys.executable, "-m", "tests.bench.nodecisions"], variant_port),
-        name="capgate-nodecisions",
+        name=f"{name}-nodecisions",
         cpu=procs.proxy_cpu,
         env=env,
     )
@@ -337,9 +350,31 @@ def start_capgate(
     except RuntimeError:  # before `capgate ca` existed: the runner's confdir
         ca_pem = home / "ca" / "mitmproxy-ca-cert.pem"
     auth = f"agent:{token}"
+
+    def another(name: str, extra: list[str], cpu: int | None) -> Proxy:
+        other_port = free_port()
+        other = procs.spawn(
+            [*command([str(CAPGATE)], other_port), *extra], name=name, cpu=cpu, env=env
+        )
+        wait_port(other_port, other, timeout=120)
+        return Proxy(name, other_port, ca_pem, other, auth)
+
     return CapgateSetup(
-        Proxy("capgate", port, ca_pem, proc, auth),
-        Proxy("capgate-nodecisions", variant_port, ca_pem, variant, auth),
+        Proxy(name, port, ca_pem, proc, auth),
+        Proxy(f"{name}-nodecisions", variant_port, ca_pem, variant, auth),
         kind,
         startup,
+        another,
     )
+
+
+def start_bare(procs: Procs, workdir: Path, upstream_ca: Path) -> Proxy:
+    """mitmproxy with exactly capgate's runner addons and options, no capgate addon."""
+    home = workdir / "bare"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.bench.bare", "--home", str(home)]
+    cmd += ["--listen-port", str(port), "--upstream-ca", str(upstream_ca)]
+    proc = procs.spawn(cmd, name="bare", cpu=procs.proxy_cpu)
+    wait_port(port, proc, timeout=30)
+    return Proxy("bare", port, home / "ca" / "mitmproxy-ca-cert.pem", proc)

@@ -290,7 +290,7 @@ def test_sigkilled_exec_leaves_a_token_that_dies_with_its_lease(
             "-c",
             'echo "$HTTPS_PROXY" > token.txt; sleep 120',
         ],
-        env={**cli_home.env(), "CAPGATE_EXEC_LEASE_S": "3"},
+        env={**cli_home.env(), "CAPGATE_EXEC_LEASE_S": "9"},  # renewed every 3 s: load-proof
         cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -304,7 +304,7 @@ def test_sigkilled_exec_leaves_a_token_that_dies_with_its_lease(
         token = (work / "token.txt").read_text().split("agent:", 1)[1].split("@", 1)[0]
         ca = Path(cli_home.cli("ca").strip())
         url = tls_upstream.url("/repos/x", host="localhost")
-        time.sleep(4)  # past one lease: the renewals keep it alive
+        time.sleep(10)  # past one lease: the renewals keep it alive
         assert _status(proxy.url(token), ca, url) == 200
         # when exec is killed outright (no chance to revoke)
         exec_process.send_signal(signal.SIGKILL)
