@@ -248,9 +248,10 @@ class Broker:
                 try:
                     grant = await mint_token(provider, minter, cred, env, slot)
                 finally:
-                    metrics.TOKEN_ENDPOINT_SECONDS.labels(
-                        metrics.provider_label(cred.provider)
-                    ).observe(time.perf_counter() - started)
+                    if slot is None or not slot.found:  # another process's token: no call
+                        metrics.TOKEN_ENDPOINT_SECONDS.labels(
+                            metrics.provider_label(cred.provider)
+                        ).observe(time.perf_counter() - started)
                 return Minted(grant.access_token, grant.expires_in)
 
             token = await self.tokens.get(key, mint_once)

@@ -94,6 +94,7 @@ class SharedSlot:
         self._shared = shared
         self._cred = cred
         self._ref = ref
+        self.found = False  # find() returned another process's token
 
     def find(self) -> TokenGrant | None:
         """The token another process minted, if it is for the current row and lives
@@ -113,6 +114,7 @@ class SharedSlot:
         remaining = expires_at - self._shared._clock()
         if bound != binding(row) or not remaining > self._shared.skew:
             return None
+        self.found = True
         return TokenGrant(access_token=SecretValue(token), expires_in=math.floor(remaining))
 
     def keep(self, grant: TokenGrant) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 import pytest
+from prometheus_client import REGISTRY
 
 from capgate.broker import vault
 from capgate.broker.secretvalue import SecretValue
@@ -49,6 +50,13 @@ def graph(mint_env: MintEnv, server: OAuthServer) -> MintEnv:
     return mint_env
 
 
+def endpoint_calls() -> float:
+    value = REGISTRY.get_sample_value(
+        "capgate_token_endpoint_seconds_count", {"provider": "microsoft"}
+    )
+    return value or 0.0
+
+
 def minted_refs(env: MintEnv) -> list[str]:
     return [r for r in env.stores.vault.refs() if r.startswith("minted.")]
 
@@ -57,8 +65,10 @@ def test_a_second_process_uses_the_token_the_first_minted(graph: MintEnv, server
     caplog.set_level(logging.DEBUG, logger="capgate")
     first, second = graph.broker(), graph.broker()
     token = bearer(graph.mint(first, "graph"))
+    calls = endpoint_calls()
     assert bearer(graph.mint(second, "graph")) == token
     assert len(server.calls) == 1
+    assert endpoint_calls() == calls  # the histogram counts token-endpoint calls only
     # the shared entry is a vault entry of its own kind, encrypted like every value
     (ref,) = minted_refs(graph)
     row = graph.row("graph")
