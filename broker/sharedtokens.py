@@ -96,10 +96,16 @@ class SharedSlot:
         self._ref = ref
         self.found = False  # find() returned another process's token
 
+    def _current(self) -> CredentialRow | None:
+        """The credential's row now, if the caller's view of it (its activation) is that
+        row: a process with a stale view neither shares nor takes a token."""
+        row = self._shared._row(self._cred.id)
+        return row if row is not None and row.resolved() == self._cred else None
+
     def find(self) -> TokenGrant | None:
         """The token another process minted, if it is for the current row and lives
         longer than the skew; None otherwise (then the caller mints)."""
-        row = self._shared._row(self._cred.id)
+        row = self._current()
         if row is None:
             return None
         try:
@@ -124,7 +130,7 @@ class SharedSlot:
         lifetime = min(lifetime, shared.max_ttl)
         if lifetime - shared.skew <= 0:
             return
-        row = shared._row(self._cred.id)
+        row = self._current()
         if row is None:
             return
         entry = {

@@ -16,8 +16,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from capgate.broker import vault
+from capgate.broker.oauth import TokenGrant
 from capgate.broker.secretvalue import SecretValue
-from capgate.broker.service import Broker
+from capgate.broker.service import Broker, _cache_key
 from capgate.broker.sharedtokens import SharedTokens
 from tests.broker.oauth_harness import MintEnv, bearer, mint_env_fixture, point_at  # noqa: F401
 from tests.oauth_server import OAuthServer
@@ -126,6 +127,29 @@ def test_a_changed_credential_never_gets_the_old_token(graph: MintEnv, server):
     assert len(minted_refs(graph)) == 1  # the entry was replaced, not added to
 
 
+def test_a_process_with_a_stale_view_neither_takes_nor_shares(graph: MintEnv, server):
+    stale_broker, fresh_broker = graph.broker(), graph.broker()
+    stale = graph.activate(stale_broker, "graph")
+    # when the credential's settings change after one process activated it
+    row = graph.row("graph")
+    with graph.stores.control.write() as conn:
+        conn.execute(
+            "UPDATE credentials SET provider_config = ?, updated_at = ? WHERE id = ?",
+            ('{"client_id": "app-1", "tenant_id": "fabrikam"}', "2099-01-01T00:00:00Z", row.id),
+        )
+    fresh = graph.activate(fresh_broker, "graph")
+    token = bearer(asyncio.run(fresh_broker.mint(fresh, "graph")))
+    # then the stale view does not get the current row's token
+    cred = stale.credentials["graph"]
+    slot = stale_broker.shared.slot(cred, _cache_key(cred))
+    assert slot.find() is None
+    # and what a stale view mints is not shared
+    graph.stores.vault.delete_minted(row.id)
+    slot.keep(TokenGrant(SecretValue("stale-view-token"), 3600))
+    assert minted_refs(graph) == []
+    assert token
+
+
 def test_a_deleted_credential_leaves_no_shared_token(graph: MintEnv):
     broker = graph.broker()
     graph.mint(broker, "graph")
@@ -177,8 +201,6 @@ def test_a_shared_token_is_used_for_the_rest_of_its_life_only(graph: MintEnv):
 
 
 async def _find(broker: Broker, activation):  # type: ignore[no-untyped-def]
-    from capgate.broker.service import _cache_key
-
     cred = activation.credentials["graph"]
     assert broker.shared is not None
     return await asyncio.to_thread(broker.shared.slot(cred, _cache_key(cred)).find)
