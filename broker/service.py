@@ -299,6 +299,8 @@ class Broker:
                 elif not loop.is_closed():
                     loop.run_until_complete(client.aclose())
         self._clients.clear()
+        if self.shared is not None:
+            self.shared.close()
         self.stores.close()
 
     # -- internals -------------------------------------------------------------------------

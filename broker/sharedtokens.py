@@ -18,15 +18,19 @@ entry is logged and the process mints as it would without it.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 
 from .credential_rows import CredentialRow
 from .errors import NotFound
+from .home import now_iso
 from .oauth import TokenGrant
 from .secretvalue import SecretValue
 from .stores import Stores
@@ -66,16 +70,45 @@ class SharedTokens:
         self.max_ttl = max_ttl
         self.skew = skew
         self._clock = clock
+        self._guard = threading.Lock()
+        self._dropped: dict[str, float] = {}  # credential id -> when an upstream said 401
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="capgate-shared-tokens"
+        )
 
     def slot(self, cred: ResolvedCredential, key: tuple[str, ...]) -> SharedSlot:
         return SharedSlot(self, cred, minted_ref(cred.id, json.dumps(list(key))))
 
     def forget(self, credential_id: str) -> None:
-        """Drop every shared token of one credential (the upstream rejected it)."""
+        """Drop every shared token of one credential (the upstream rejected it).
+
+        Called on the event loop (the response hook), so the vault delete runs in a
+        thread of its own; until it is done, this process ignores every entry of the
+        credential shared before now.
+        """
+        with self._guard:
+            self._dropped[credential_id] = self._clock()
+        # Only entries written by now: a token minted after the 401 must stay shared.
+        with contextlib.suppress(RuntimeError):  # closed: the process is stopping
+            self._pool.submit(self._delete, credential_id, now_iso())
+
+    def close(self) -> None:
+        """Finish the deletes under way (before the stores close)."""
+        self._pool.shutdown(wait=True)
+
+    def wait_forgotten(self) -> None:
+        """Wait until every `forget` so far reached the vault (tests, shutdown)."""
+        self._pool.submit(lambda: None).result()
+
+    def _delete(self, credential_id: str, written_by: str) -> None:
         try:
-            self._stores.vault.delete_minted(credential_id)
+            self._stores.vault.delete_minted(credential_id, written_by=written_by)
         except Exception as exc:  # sharing is an optimisation: mint as without it
             log.error("could not drop shared tokens of %s: %s", credential_id, type(exc).__name__)
+
+    def _dropped_at(self, credential_id: str) -> float | None:
+        with self._guard:
+            return self._dropped.get(credential_id)
 
     def _row(self, credential_id: str) -> CredentialRow | None:
         try:
@@ -114,12 +147,16 @@ class SharedSlot:
                 return None
             entry = json.loads(stored.reveal())
             token, expires_at, bound = entry["token"], float(entry["expires_at"]), entry["binding"]
+            minted_at = float(entry["minted_at"])
         except Exception as exc:  # unreadable: mint instead
             log.error("shared token of %s unreadable: %s", self._cred.name, type(exc).__name__)
             return None
         remaining = expires_at - self._shared._clock()
         if bound != binding(row) or not remaining > self._shared.skew:
             return None
+        dropped = self._shared._dropped_at(self._cred.id)
+        if dropped is not None and minted_at <= dropped:
+            return None  # rejected by an upstream; its delete is still under way
         self.found = True
         return TokenGrant(access_token=SecretValue(token), expires_in=math.floor(remaining))
 
@@ -133,9 +170,11 @@ class SharedSlot:
         row = self._current()
         if row is None:
             return
+        now = shared._clock()
         entry = {
             "token": grant.access_token.reveal(),
-            "expires_at": shared._clock() + lifetime,
+            "minted_at": now,
+            "expires_at": now + lifetime,
             "binding": binding(row),
         }
         vault = shared._stores.vault

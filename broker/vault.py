@@ -201,15 +201,18 @@ class Vault:
                     (ref, org_id, MINTED_TOKEN, *row, now_iso()),
                 )
 
-    def delete_minted(self, credential_id: str) -> None:
-        """Remove (and scrub) every minted-token entry of one credential."""
+    def delete_minted(self, credential_id: str, *, written_by: str | None = None) -> None:
+        """Remove (and scrub) the minted-token entries of one credential: all of them, or
+        those written no later than `written_by` (a `now_iso()` time)."""
         prefix = minted_prefix(credential_id)
+        sql = "DELETE FROM entries WHERE kind = ? AND substr(ref, 1, ?) = ?"
+        params: tuple[str | int, ...] = (MINTED_TOKEN, len(prefix), prefix)
+        if written_by is not None:
+            sql += " AND created_at <= ?"
+            params += (written_by,)
         with self._lock:
             with immediate(self._conn) as conn:
-                done = conn.execute(
-                    "DELETE FROM entries WHERE kind = ? AND substr(ref, 1, ?) = ?",
-                    (MINTED_TOKEN, len(prefix), prefix),
-                )
+                done = conn.execute(sql, params)
             if done.rowcount:
                 self._checkpoint()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 from prometheus_client import REGISTRY
@@ -161,11 +162,26 @@ def test_a_deleted_credential_leaves_no_shared_token(graph: MintEnv):
 def test_an_upstream_401_drops_the_shared_token_for_every_process(graph: MintEnv, server):
     first, second = graph.broker(), graph.broker()
     activation = graph.activate(first, "graph")
-    rejected = bearer(asyncio.run(first.mint(activation, "graph")))
+    first_token = bearer(asyncio.run(first.mint(activation, "graph")))
     first.drop_token(activation, "graph")
+    first.shared.wait_forgotten()
+    # the rejected token is gone from the vault: the next process mints afresh
     assert minted_refs(graph) == []
-    assert bearer(graph.mint(second, "graph")) != rejected
-    assert len(server.calls) == 2
+    rejected = bearer(graph.mint(second, "graph"))
+    assert rejected != first_token and len(server.calls) == 2
+    # when that one is rejected too, this process never takes it again, even before the
+    # delete is done, and the token it mints next stays shared
+    held = threading.Event()
+    first.shared._pool.submit(held.wait, 30)  # the delete waits behind this
+    first.drop_token(activation, "graph")
+    assert minted_refs(graph)  # not deleted yet
+    again = bearer(asyncio.run(first.mint(activation, "graph")))
+    assert again != rejected and len(server.calls) == 3
+    held.set()
+    first.shared.wait_forgotten()
+    third = graph.broker()
+    assert bearer(graph.mint(third, "graph")) == again
+    assert len(server.calls) == 3
 
 
 def test_a_token_within_the_skew_of_its_expiry_is_minted_again(graph: MintEnv, server):
