@@ -169,10 +169,9 @@ class DecisionWriter:
             metrics.forget_writer(self)
 
     def _connect(self) -> Connection:
-        if callable(self._path):
-            return self._path()
-        conn = connect(self._path)
-        conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
+        conn = self._path() if callable(self._path) else connect(self._path)
+        if isinstance(conn, sqlite3.Connection):  # PostgreSQL's writers queue on a lock
+            conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
         return conn
 
     def _drain(self, conn: Connection | None) -> tuple[Connection | None, bool]:

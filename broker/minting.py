@@ -6,18 +6,25 @@ from the provider's token endpoint (`token()`), which `bearer_wire` then renders
 (providers.py); nothing here branches on a provider slug.
 
 Minters reach the stores only through `DurableValues`, a blocking port the broker
-implements; OAuth minters call it from worker threads.
+implements; OAuth minters call it from a small pool of capgate's own (`run_blocking`),
+never from asyncio's default executor, and never wait for a lock in a thread: the
+credential's cross-process lock is polled from the event loop, behind one asyncio lock
+per credential, so any number of requests for a slow or locked credential wait without
+holding a thread, and every other credential keeps minting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import concurrent.futures
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractContextManager, asynccontextmanager
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,11 +55,38 @@ class Durable:
     value: SecretValue
 
 
+# Seconds a mint waits for the credential's cross-process lock (another process minting
+# or `cred connect`/`cred update` holding it) before failing transiently (`lock_timeout`).
+LOCK_WAIT_S = 10.0
+LOCK_POLL_S = 0.02
+# Threads for the blocking store and vault calls of mints: capgate's own, bounded, so a
+# stalled store can neither take asyncio's default executor nor grow without limit.
+STORE_WORKERS = 4
+
+
+class Lock(Protocol):
+    """A cross-process lock taken without blocking (store.CredentialLock)."""
+
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class NoLock:
+    """A `Lock` for values that are not stored (verify before create): always free."""
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
 class DurableValues(Protocol):
     """Blocking access to the durable values behind credentials (implemented by the broker)."""
 
-    def lock(self, cred: ResolvedCredential) -> AbstractContextManager[None]:
-        """An exclusive cross-process lock on one credential."""
+    def lock(self, cred: ResolvedCredential) -> Lock:
+        """An exclusive cross-process lock on one credential, not yet taken."""
         ...
 
     def read(self, cred: ResolvedCredential) -> Durable:
@@ -191,8 +225,22 @@ def bearer_wire(provider: Provider, cred: ResolvedCredential, token: SecretValue
     )
 
 
+_store_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def run_blocking[R](fn: Callable[..., R], *args: object) -> R:
+    """Run a blocking store/vault call in capgate's bounded pool (not the default one)."""
+    global _store_pool
+    if _store_pool is None:
+        _store_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=STORE_WORKERS, thread_name_prefix="capgate-store"
+        )
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_store_pool, functools.partial(fn, *args))
+
+
 async def _read(env: MintEnv, cred: ResolvedCredential) -> Durable:
-    return await asyncio.to_thread(env.values.read, cred)
+    return await run_blocking(env.values.read, cred)
 
 
 class ClientCredentialsMinter(OAuthMinter):
@@ -224,7 +272,7 @@ class AuthorizationCodeMinter(OAuthMinter):
     async def token(self, provider: Provider, cred: ResolvedCredential, env: MintEnv) -> TokenGrant:
         config = cred.provider_config
         durable = await _read(env, cred)  # under the lock: the newest refresh token
-        secret = await asyncio.to_thread(env.values.client_secret, cred)
+        secret = await run_blocking(env.values.client_secret, cred)
         form: dict[str, str | SecretValue] = {
             "grant_type": "refresh_token",
             "refresh_token": durable.value,
@@ -238,7 +286,7 @@ class AuthorizationCodeMinter(OAuthMinter):
         rotated = grant.refresh_token
         if rotated is not None and rotated != durable.value:
             try:
-                stored = await asyncio.to_thread(env.values.replace, cred, durable.ref, rotated)
+                stored = await run_blocking(env.values.replace, cred, durable.ref, rotated)
             except Exception as exc:  # the new refresh token is lost: do not pretend
                 log.error(
                     "could not store the rotated refresh token of credential %s (%s)",
@@ -325,65 +373,133 @@ async def mint_token(
     a concurrent `cred connect` (which takes the same lock) can never be undone by a
     stale failure. Never raises anything but MintError.
     """
-    async with hold(env.values.lock(cred)):
+    async with hold(cred.id, env.values.lock(cred)):
         if shared is not None:
-            found = await asyncio.to_thread(shared.find)
+            found = await run_blocking(shared.find)
             if found is not None:
                 return found
         try:
             grant = await minter.token(provider, cred, env)
         except MintError as exc:
-            await asyncio.to_thread(env.values.report, cred, exc)
+            await _report(env, cred, exc)
             raise
         except Exception as exc:
             log.error("minting credential %s failed: %s", cred.name, type(exc).__name__)
             error = MintError("internal_error", terminal=False)
-            await asyncio.to_thread(env.values.report, cred, error)
+            await _report(env, cred, error)
             raise error from None
-        await asyncio.to_thread(env.values.report, cred, None)
+        await _report(env, cred, None)
         if shared is not None:
-            await asyncio.to_thread(shared.keep, grant)
+            await run_blocking(shared.keep, grant)
         return grant
 
 
+async def _report(env: MintEnv, cred: ResolvedCredential, error: MintError | None) -> None:
+    """Record a mint's outcome. A terminal failure is written before the lock is released
+    (it flips the status; shielded, so a request whose deadline passes meanwhile cannot
+    cut it short). Success and transient outcomes change no status: they are written
+    behind the request, by one thread, newest outcome per credential, so a store whose
+    write lock another process holds never delays a request."""
+    if error is not None and error.terminal:
+        await asyncio.shield(run_blocking(env.values.report, cred, error))
+        return
+    _outcomes.submit(env.values, cred, error)
+
+
+class _OutcomeWriter:
+    """One background thread writing the newest non-terminal outcome of each credential."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[DurableValues, ResolvedCredential, MintError | None]] = {}
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._writing = False
+
+    def submit(
+        self, values: DurableValues, cred: ResolvedCredential, error: MintError | None
+    ) -> None:
+        with self._lock:
+            self._pending[cred.id] = (values, cred, error)
+            self._writing = True  # until the thread finds nothing left
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="capgate-mint-outcomes", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._writing = False
+                        break
+                    _, (values, cred, error) = self._pending.popitem()
+                    self._writing = True
+                values.report(cred, error)  # never raises (the broker logs failures)
+
+    def flush(self, timeout: float = 15.0) -> None:
+        """Wait (bounded) until every submitted outcome was written (tests, shutdown)."""
+        ends = time.monotonic() + timeout
+        while time.monotonic() < ends:
+            with self._lock:
+                if not self._pending and not self._writing:
+                    return
+            time.sleep(0.01)
+
+
+_outcomes = _OutcomeWriter()
+
+
+def flush_outcomes(timeout: float = 15.0) -> None:
+    """Wait (bounded) until every mint outcome submitted so far is written."""
+    _outcomes.flush(timeout)
+
+
+# One asyncio lock per (event loop, credential id): requests of this process queue here
+# without a thread; only the head of the queue polls the cross-process lock.
+_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _local_lock(credential_id: str) -> asyncio.Lock:
+    locks = _local_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(credential_id)
+    if lock is None:
+        lock = locks[credential_id] = asyncio.Lock()
+    return lock
+
+
 @asynccontextmanager
-async def hold(lock: AbstractContextManager[None]) -> AsyncIterator[None]:
-    """Hold a blocking lock from async code, waiting for it in a thread of its own.
+async def hold(credential_id: str, lock: Lock, wait: float | None = None) -> AsyncIterator[None]:
+    """Hold one credential's locks from async code without blocking a thread.
 
-    Not in the loop's default executor: with many requests minting one credential at
-    once (a TTL of 0, or several workers), waiters would fill the executor and the holder
-    could never run the `to_thread` calls it needs before releasing (a deadlock). If the
-    waiting task is cancelled, the lock is released as soon as the thread gets it, so a
-    cancelled request can never leave a credential locked.
+    Waits at most `wait` seconds (LOCK_WAIT_S) in all for the cross-process lock, then
+    raises a transient `MintError("lock_timeout")`. A cancelled waiter holds nothing.
     """
+    budget = LOCK_WAIT_S if wait is None else wait
     loop = asyncio.get_running_loop()
-    acquired: asyncio.Future[None] = loop.create_future()
-
-    def on_acquired() -> None:  # on the loop's thread, so no race with cancellation
-        if acquired.cancelled():
-            lock.__exit__(None, None, None)
-        else:
-            acquired.set_result(None)
-
-    def on_failed(exc: BaseException) -> None:
-        if not acquired.cancelled():
-            acquired.set_exception(exc)
-
-    def acquire() -> None:
-        try:
-            lock.__enter__()
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is gone
-                loop.call_soon_threadsafe(on_failed, exc)
-            return
-        try:
-            loop.call_soon_threadsafe(on_acquired)
-        except RuntimeError:  # the loop closed while we waited: nobody will release it
-            lock.__exit__(None, None, None)
-
-    threading.Thread(target=acquire, name="capgate-credential-lock", daemon=True).start()
-    await acquired
+    deadline = loop.time() + budget
+    local = _local_lock(credential_id)
     try:
-        yield
+        async with asyncio.timeout(budget):
+            await local.acquire()
+    except TimeoutError:
+        raise MintError("lock_timeout", terminal=False) from None
+    try:
+        while not lock.try_acquire():
+            if loop.time() >= deadline:
+                log.warning("credential lock %s held elsewhere; mint gave up", credential_id)
+                raise MintError("lock_timeout", terminal=False)
+            await asyncio.sleep(LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            lock.release()
     finally:
-        lock.__exit__(None, None, None)
+        local.release()

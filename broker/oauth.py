@@ -12,6 +12,7 @@ which can echo parts of the request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -201,35 +202,112 @@ def _parse_grant(body: object) -> TokenGrant:
     )
 
 
-_HEADERS = {"Accept": "application/json"}
+# Token endpoints get a deadline for the whole exchange (connect, send, every byte of
+# the answer), not only per read: a server trickling one byte every few seconds is cut
+# off. And capgate reads at most MAX_TOKEN_RESPONSE bytes of a token response.
+TOKEN_DEADLINE_S = 10.0
+MAX_TOKEN_RESPONSE = 64 * 1024
+# identity: a compressed answer could expand far beyond the cap while being decoded.
+_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _declared_too_large(response: httpx.Response, cap: int) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) > cap
+
+
+def _capped(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A response holding only the (bounded) body read, for `classify`."""
+    return httpx.Response(
+        response.status_code,
+        headers=[(k, v) for k, v in response.headers.items() if k not in _BODY_HEADERS],
+        content=body,
+    )
+
+
+_BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
 
 async def request_token(
-    client: httpx.AsyncClient, url: str, form: Mapping[str, str | SecretValue]
+    client: httpx.AsyncClient,
+    url: str,
+    form: Mapping[str, str | SecretValue],
+    *,
+    deadline: float = TOKEN_DEADLINE_S,
+    max_bytes: int = MAX_TOKEN_RESPONSE,
 ) -> TokenGrant:
-    """POST a form to a token endpoint; never raises anything but MintError."""
+    """POST a form to a token endpoint; never raises anything but MintError.
+
+    The whole exchange ends within `deadline` seconds (`timeout`), and a response body
+    beyond `max_bytes` is not read (`token_response_too_large`, transient)."""
     data = {k: v.reveal() if isinstance(v, SecretValue) else v for k, v in form.items()}
     try:
-        response = await client.post(url, data=data, headers=_HEADERS)
+        async with asyncio.timeout(deadline):
+            async with client.stream("POST", url, data=data, headers=_HEADERS) as response:
+                if _declared_too_large(response, max_bytes):
+                    raise _TooLarge
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise _TooLarge
+    except TimeoutError:
+        log.warning("token endpoint %s: no complete answer within %.0f s", _origin(url), deadline)
+        raise MintError("timeout", terminal=False) from None
+    except _TooLarge:
+        log.warning("token endpoint %s: answer larger than %d bytes", _origin(url), max_bytes)
+        raise MintError("token_response_too_large", terminal=False) from None
     except httpx.TimeoutException:
         raise MintError("timeout", terminal=False) from None
     except httpx.HTTPError:
         raise MintError("network_error", terminal=False) from None
-    return classify(response)
+    return classify(_capped(response, bytes(body)))
 
 
 def request_token_sync(
-    client: httpx.Client, url: str, form: Mapping[str, str | SecretValue]
+    client: httpx.Client,
+    url: str,
+    form: Mapping[str, str | SecretValue],
+    *,
+    deadline: float = TOKEN_DEADLINE_S,
+    max_bytes: int = MAX_TOKEN_RESPONSE,
 ) -> TokenGrant:
-    """The blocking twin of `request_token`, for the CLI."""
+    """The blocking twin of `request_token`, for the CLI (the deadline is checked after
+    every read, so it is overrun by at most one read timeout)."""
     data = {k: v.reveal() if isinstance(v, SecretValue) else v for k, v in form.items()}
+    ends = time.monotonic() + deadline
     try:
-        response = client.post(url, data=data, headers=_HEADERS)
+        with client.stream("POST", url, data=data, headers=_HEADERS) as response:
+            if _declared_too_large(response, max_bytes):
+                raise _TooLarge
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise _TooLarge
+                if time.monotonic() > ends:
+                    raise TimeoutError
+            if time.monotonic() > ends:
+                raise TimeoutError
+    except TimeoutError:
+        raise MintError("timeout", terminal=False) from None
+    except _TooLarge:
+        raise MintError("token_response_too_large", terminal=False) from None
     except httpx.TimeoutException:
         raise MintError("timeout", terminal=False) from None
     except httpx.HTTPError:
         raise MintError("network_error", terminal=False) from None
-    return classify(response)
+    return classify(_capped(response, bytes(body)))
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: what a log line may say about an endpoint."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
 # -- RFC 7523 assertions -------------------------------------------------------------------

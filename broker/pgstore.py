@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -281,8 +282,60 @@ class CredentialLocks:
                 with contextlib.suppress(psycopg.Error):  # a dead session holds nothing
                     conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
 
+    def lock(self, credential_id: str) -> PgCredentialLock:
+        """The advisory lock of one credential, not yet taken (see store.CredentialLock)."""
+        return PgCredentialLock(self._connections(), credential_id)
+
     def close(self) -> None:
         with self._guard:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+class PgCredentialLock:
+    """One credential's advisory lock, with store.CredentialLock's interface: taken without
+    waiting (`try_acquire`, polled from the event loop) or with a deadline (`acquire`).
+    While held it keeps one pooled session, which holds the lock."""
+
+    POLL_S = 0.02
+
+    def __init__(self, pool: ConnectionPool, credential_id: str) -> None:
+        self._pool = pool
+        self._key = (CREDENTIAL_LOCKS, credential_id)
+        self._conn: psycopg.Connection | None = None
+
+    def try_acquire(self) -> bool:
+        if self._conn is not None:
+            raise RuntimeError("credential lock already held")
+        conn = self._pool.getconn()
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", self._key)
+            got = bool(row.fetchone()[0])  # type: ignore[index]
+        except BaseException:
+            self._pool.putconn(conn)
+            raise
+        if not got:
+            self._pool.putconn(conn)
+            return False
+        self._conn = conn
+        return True
+
+    def acquire(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.try_acquire():
+            if deadline is not None and time.monotonic() >= deadline:
+                from .store import LockTimeout
+
+                raise LockTimeout(f"credential lock {self._key[1]} is held elsewhere")
+            time.sleep(self.POLL_S)
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            with contextlib.suppress(psycopg.Error):  # a dead session holds nothing
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", self._key)
+        finally:
+            self._pool.putconn(conn)

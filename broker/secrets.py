@@ -6,15 +6,18 @@ Conflict that says so.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from . import audit, changes, vault
-from .errors import Exists, FieldError, InvalidInput, NotFound
+from .errors import Exists, FieldError, InvalidInput, NotFound, VaultError
 from .home import now_iso
 from .secretvalue import SecretValue
 from .store import ControlStore, check_name, new_id
 from .vault import Vault
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,14 @@ class Secrets:
             changes.bump(self._store, conn)
         self._vault.delete(row.durable_ref)
 
-    def values(self, org_id: str, names: Iterable[str]) -> dict[str, SecretValue]:
-        """Decrypted values of the named secrets of one org; missing names are absent."""
+    def values(
+        self, org_id: str, names: Iterable[str], *, skip_unreadable: bool = False
+    ) -> dict[str, SecretValue]:
+        """Decrypted values of the named secrets of one org; missing names are absent.
+
+        With `skip_unreadable`, a secret whose vault entry cannot be read (tampered, wrong
+        key) is left out too, and logged by name and ref (the proxy: its transforms then
+        fail with `missing_secret`); otherwise the VaultError propagates."""
         wanted = sorted(set(names))
         if not wanted:
             return {}
@@ -111,7 +120,20 @@ class Secrets:
             f"SELECT name, durable_ref FROM secrets WHERE org_id = ? AND name IN ({marks})",
             (org_id, *wanted),
         )
-        return {r["name"]: self._vault.get(r["durable_ref"], org_id, vault.SECRET) for r in rows}
+        found: dict[str, SecretValue] = {}
+        for r in rows:
+            try:
+                found[r["name"]] = self._vault.get(r["durable_ref"], org_id, vault.SECRET)
+            except VaultError as exc:
+                if not skip_unreadable:
+                    raise
+                log.error(
+                    "secret %s (org %s): %s; left out (run `capgate vault check`)",
+                    r["name"],
+                    org_id,
+                    exc,
+                )
+        return found
 
     def _refuse_existing(self, org_id: str, name: str) -> None:
         with self._store.read() as conn:

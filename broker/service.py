@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -30,8 +29,18 @@ from .credential_rows import ACTIVE, NEEDS_REAUTH, CredentialRow
 from .decisions import DecisionWriter
 from .errors import FieldError, InvalidInput, NotFound, VaultError
 from .home import Home
-from .minting import Durable, MintEnv, StaticMinter, bearer_wire, mint_token, minter_for
-from .oauth import DEFAULT_TIMEOUT, UNPARSEABLE, Endpoints, MintError
+from .minting import (
+    Durable,
+    Lock,
+    MintEnv,
+    StaticMinter,
+    bearer_wire,
+    flush_outcomes,
+    mint_token,
+    minter_for,
+    run_blocking,
+)
+from .oauth import DEFAULT_TIMEOUT, Endpoints, MintError
 from .providers import Kind
 from .resolution import resolve_names
 from .secretvalue import SecretValue
@@ -54,6 +63,10 @@ log = logging.getLogger("capgate.broker.service")
 UNAVAILABLE = "auth_unavailable"
 TTL_ENV = "CAPGATE_TOKEN_TTL"  # seconds a minted token is cached at most (0: never)
 SKEW_ENV = "CAPGATE_TOKEN_SKEW"  # seconds before expiry a cached token is re-minted
+VAULT_ERROR = "vault_error"
+# The most one request waits for a minted token: the credential lock, the token call and
+# the outcome's row, in all (each has a smaller deadline of its own).
+MINT_DEADLINE_S = 25.0
 MAX_COOLDOWN = 60.0  # seconds; a Retry-After beyond this is capped
 STATIC_KINDS = frozenset({Kind.API_KEY, Kind.BASIC_AUTH, Kind.QUERY_API_KEY})
 # Durable values that are bearer secrets in themselves; a service-account JSON is not a
@@ -71,8 +84,8 @@ class _StoreValues:
     def __init__(self, stores: Stores) -> None:
         self._stores = stores
 
-    def lock(self, cred: ResolvedCredential) -> AbstractContextManager[None]:
-        return self._stores.control.credential_lock(cred.id)
+    def lock(self, cred: ResolvedCredential) -> Lock:
+        return self._stores.control.credential_file_lock(cred.id)
 
     def read(self, cred: ResolvedCredential) -> Durable:
         try:
@@ -83,7 +96,7 @@ class _StoreValues:
         except NotFound:
             raise MintError("not_configured", terminal=False) from None
         except VaultError:
-            raise MintError(UNPARSEABLE, terminal=True) from None
+            raise _vault_fault(cred, "durable value") from None
         assert value is not None
         return Durable(row.durable_ref, value)
 
@@ -95,7 +108,7 @@ class _StoreValues:
         except NotFound:
             raise MintError("not_configured", terminal=False) from None
         except VaultError:
-            raise MintError(UNPARSEABLE, terminal=True) from None
+            raise _vault_fault(cred, "client secret") from None
 
     def replace(self, cred: ResolvedCredential, old_ref: str, value: SecretValue) -> bool:
         return self._stores.credentials.replace_durable_value(cred.id, old_ref, value)
@@ -114,6 +127,20 @@ class _StoreValues:
                 log.info("credential %s: transient mint failure (%s)", cred.name, error.code)
         except Exception as exc:  # recording must not turn a mint into a crash
             log.error("could not record the mint outcome of %s: %s", cred.name, type(exc).__name__)
+
+
+def _vault_fault(cred: ResolvedCredential, what: str) -> MintError:
+    """A vault entry that cannot be read (tampered, wrong key, key files mid-rotation) is
+    capgate's fault, never the credential's: a transient `vault_error`, said in the log
+    with the entry's row, never its value, and never a flip to needs_reauth."""
+    log.error(
+        "credential %s (%s): its %s cannot be read from the vault; mint refused "
+        "(run `capgate vault check`)",
+        cred.name,
+        cred.id,
+        what,
+    )
+    return MintError(VAULT_ERROR, terminal=False)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -159,6 +186,7 @@ class Broker:
         self._fingerprints: dict[str, str] = {}  # cred id -> row fingerprint at activation
         self._cooldown: dict[str, float] = {}  # cred id -> monotonic time of the next try
         self._decisions = DecisionWriter(stores.control.connect_again)
+        stores.workspaces.touch_in_background()  # last-use writes never on the event loop
         self._generation = stores.changes.generation()
 
     @classmethod
@@ -196,15 +224,16 @@ class Broker:
                 continue
             try:
                 value = self.stores.credentials.durable_value(row)
-            except VaultError:
-                log.error("credential %s: its durable value cannot be read", name)
+            except VaultError as exc:
+                # Its mints fail with vault_error (transient); the value is not a pattern.
+                log.error("credential %s (%s): %s (run `capgate vault check`)", name, row.id, exc)
                 continue
             if value is None:
                 continue
             patterns.extend(leak_patterns(f"credential:{name}", value, embedded=True))
             if kind in STATIC_KINDS:
                 self._static[row.id] = value
-        secrets = self.stores.secrets.values(workspace.org_id, secret_names)
+        secrets = self.stores.secrets.values(workspace.org_id, secret_names, skip_unreadable=True)
         for name, value in sorted(secrets.items()):
             patterns.extend(leak_patterns(f"secret:{name}", value, embedded=True))
         return Activation(
@@ -254,7 +283,12 @@ class Broker:
                         ).observe(time.perf_counter() - started)
                 return Minted(grant.access_token, grant.expires_in)
 
-            token = await self.tokens.get(key, mint_once)
+            try:
+                async with asyncio.timeout(MINT_DEADLINE_S):
+                    token = await self.tokens.get(key, mint_once)
+            except TimeoutError:
+                log.warning("credential %s: no token within %.0f s", cred.name, MINT_DEADLINE_S)
+                raise MintError("timeout", terminal=False) from None
         except MintError as exc:
             if exc.retry_after:
                 pause = min(exc.retry_after, MAX_COOLDOWN)
@@ -290,8 +324,9 @@ class Broker:
         return self._decisions.dropped
 
     def close(self) -> None:
-        """Flush policy decisions, close HTTP clients and the stores."""
+        """Flush policy decisions and mint outcomes, close HTTP clients and the stores."""
         self._decisions.close()
+        flush_outcomes()
         for loop, client in list(self._clients.items()):
             with contextlib.suppress(RuntimeError):
                 if loop.is_running():
@@ -318,10 +353,10 @@ class Broker:
 
     async def _read_static(self, cred: ResolvedCredential) -> SecretValue:
         try:
-            return (await asyncio.to_thread(self._values.read, cred)).value
+            return (await run_blocking(self._values.read, cred)).value
         except MintError as exc:
             if exc.terminal:
-                await asyncio.to_thread(self._values.report, cred, exc)
+                await run_blocking(self._values.report, cred, exc)
             raise
 
     def _wire(

@@ -22,6 +22,7 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -410,12 +411,18 @@ _ORG_TABLES = (
 class ControlStore:
     """The control database of one home, shared by every broker component of a process."""
 
-    def __init__(self, home: Home, conn: Connection) -> None:
+    def __init__(self, home: Home, conn: Connection, write_conn: Connection | None = None) -> None:
         self.home = home
         self.conn = conn
         self.postgres = isinstance(conn, PgConnection)
         self.db = None if isinstance(conn, PgConnection) else sqlite_utils.Database(conn)
         self.lock = threading.RLock()
+        # Writes have a connection and a lock of their own: a write waiting up to the busy
+        # timeout for another process's write lock must never hold up a read (the proxy's
+        # per-request generation check and lookups run on its event loop).
+        self._write_conn = write_conn if write_conn is not None else conn
+        self._write_lock = threading.RLock() if write_conn is not None else self.lock
+        self._writing = threading.local()  # this thread's open write transaction, if any
         self._pg_locks = (
             pgstore.CredentialLocks(conn.url) if isinstance(conn, PgConnection) else None
         )
@@ -439,8 +446,13 @@ class ControlStore:
         if url:
             raise CapgateError("the control store URL must be a postgresql:// URL")
         conn = connect(home.control_db)
-        migrate(conn)
-        return cls(home, conn)
+        try:
+            migrate(conn)
+            write_conn = connect(home.control_db)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(home, conn, write_conn)
 
     def connect_again(self) -> Connection:
         """A second connection to the same store (the decision writer's own)."""
@@ -449,6 +461,9 @@ class ControlStore:
         return connect(self.home.control_db)
 
     def close(self) -> None:
+        with self._write_lock:
+            if self._write_conn is not self.conn:
+                self._write_conn.close()
         with self.lock:
             self.conn.close()
         if self._pg_locks is not None:
@@ -456,15 +471,26 @@ class ControlStore:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """Hold the connection for a consistent read (one statement or a few)."""
+        """Hold the connection for a consistent read (one statement or a few).
+
+        Inside this thread's own `write()` block, reads go to the write transaction, so
+        they see what it wrote."""
+        writing = getattr(self._writing, "conn", None)
+        if writing is not None:
+            yield writing
+            return
         with self.lock:
             yield self.conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A BEGIN IMMEDIATE transaction on the shared connection."""
-        with self.lock, immediate(self.conn) as conn:
-            yield conn
+        """A BEGIN IMMEDIATE transaction on the write connection (never blocks readers)."""
+        with self._write_lock, immediate(self._write_conn) as conn:
+            self._writing.conn = conn
+            try:
+                yield conn
+            finally:
+                self._writing.conn = None
 
     def query(self, sql: str, params: tuple | dict = ()) -> list:
         with self.read() as conn:
@@ -507,25 +533,85 @@ class ControlStore:
         return done.rowcount == 1
 
     @contextmanager
-    def credential_lock(self, credential_id: str) -> Iterator[None]:
+    def credential_lock(self, credential_id: str, timeout: float | None = None) -> Iterator[None]:
         """An exclusive lock on one credential, across threads and processes.
 
         Hold it around read-refresh-write of a rotating refresh token so that two proxies
-        never spend the same refresh token. Blocking: call it from a worker thread in
-        async code. (flock locks belong to the open file, so two threads of one process
-        exclude each other too.)
+        never spend the same refresh token. Blocking (up to `timeout` seconds, then
+        `LockTimeout`; forever when None): async code uses `CredentialLock.try_acquire`
+        from the event loop instead. (flock locks belong to the open file, so two threads
+        of one process exclude each other too.)
         """
+        lock = self.credential_file_lock(credential_id)
+        lock.acquire(timeout)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def credential_file_lock(self, credential_id: str) -> CredentialLock | pgstore.PgCredentialLock:
+        """The cross-process lock of one credential, not yet taken."""
         if not re.fullmatch(r"[A-Za-z0-9_]+", credential_id):
             raise ValueError("not a credential id")
         if self._pg_locks is not None:  # shared stores: a lock across machines
-            with self._pg_locks.hold(credential_id):
-                yield
-            return
+            return self._pg_locks.lock(credential_id)
         self.home.locks.mkdir(exist_ok=True, mode=0o700)
-        path = self.home.locks / f"{credential_id}.lock"
-        with open(path, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        return CredentialLock(self.home.locks / f"{credential_id}.lock")
+
+
+class LockTimeout(CapgateError):
+    """A credential lock was not obtained in time (another process holds it)."""
+
+
+class CredentialLock:
+    """One credential's flock, taken without blocking (`try_acquire`) or with a deadline.
+
+    `try_acquire` never waits, so the proxy polls it from its event loop and no thread
+    of a shared pool ever sits in `flock`.
+    """
+
+    POLL_S = 0.02
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: int | None = None
+
+    def try_acquire(self) -> bool:
+        if self._handle is not None:
+            raise RuntimeError("credential lock already held")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._handle = fd
+        return True
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Block until held; `LockTimeout` after `timeout` seconds (None: wait forever)."""
+        if timeout is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                yield
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._handle = fd
+            return
+        deadline = time.monotonic() + timeout
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"credential lock {self.path.stem} is held elsewhere")
+            time.sleep(self.POLL_S)
+
+    def release(self) -> None:
+        fd, self._handle = self._handle, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                os.close(fd)

@@ -57,6 +57,7 @@ class Stores:
         )
 
     def close(self) -> None:
+        self.workspaces.close()
         self.changes.close()
         self.control.close()
         self.vault.close()

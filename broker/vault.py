@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -229,15 +230,17 @@ class Vault:
         Raises VaultError when the entry is missing, was encrypted for another org, kind
         or ref, or was tampered with; KeyFileError-backed VaultError when no loaded key
         matches. Messages never contain key or value bytes.
+
+        A rotation in another process may have re-wrapped the entry under a key this
+        process has not loaded, or be renaming its key files right now: the key files
+        are then re-read under the rotation lock (shared), so they are never seen half
+        renamed, and the entry read again.
         """
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT kek_id, wrap_nonce, wrapped_key, nonce, ciphertext FROM entries"
-                " WHERE ref = ?",
-                (ref,),
-            ).fetchone()
-            if row is None:
-                raise VaultError(f"vault entry {ref} is missing")
+        row = self._row(ref)
+        kek = self._keyring.keys.get(row["kek_id"])
+        if kek is None:
+            self._reload_keyring_locked()
+            row = self._row(ref)  # re-wrapped meanwhile, maybe
             kek = self._key_for(row["kek_id"])
         try:
             data_key = AESGCM(kek).decrypt(
@@ -261,6 +264,32 @@ class Vault:
         with self._lock:
             found = self._conn.execute("SELECT 1 FROM entries WHERE ref = ?", (ref,)).fetchone()
         return None if found is None else self.get(ref, org_id, MINTED_TOKEN)
+
+    def _row(self, ref: str) -> Any:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT kek_id, wrap_nonce, wrapped_key, nonce, ciphertext FROM entries"
+                " WHERE ref = ?",
+                (ref,),
+            ).fetchone()
+        if row is None:
+            raise VaultError(f"vault entry {ref} is missing")
+        return row
+
+    def _reload_keyring_locked(self) -> None:
+        """Re-read the key files while no rotation is renaming them (never holding
+        self._lock while waiting: rotate_key takes the rotation lock first)."""
+        with self._rotation_lock(fcntl.LOCK_SH):
+            keyring = _load_keyring(self.home)
+        with self._lock:
+            self._keyring = keyring
+
+    def entries(self) -> list[Any]:
+        """Every entry's ref, org, kind, key id and created_at (no key or value bytes)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT ref, org_id, kind, kek_id, created_at FROM entries ORDER BY ref"
+            ).fetchall()
 
     def refs(self) -> list[str]:
         with self._lock:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,8 +30,16 @@ import httpx
 from .credential_rows import CredentialRow, CredentialSpec
 from .credential_rules import check_value, spec_errors
 from .errors import CapgateError, FieldError, InvalidInput
-from .minting import Durable, DurableValues, MintEnv, mint_token, minter_for
-from .oauth import DEFAULT_TIMEOUT, Endpoints, MintError
+from .minting import (
+    Durable,
+    DurableValues,
+    MintEnv,
+    NoLock,
+    flush_outcomes,
+    mint_token,
+    minter_for,
+)
+from .oauth import DEFAULT_TIMEOUT, MAX_TOKEN_RESPONSE, TOKEN_DEADLINE_S, Endpoints, MintError
 from .providers import PROVIDERS, Kind, Provider
 from .secretvalue import SecretValue
 from .stores import Stores
@@ -109,8 +118,8 @@ class _Given:
         self.value = value
         self._client_secret = client_secret
 
-    def lock(self, cred: ResolvedCredential) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    def lock(self, cred: ResolvedCredential) -> NoLock:
+        return NoLock()
 
     def read(self, cred: ResolvedCredential) -> Durable:
         return Durable("unsaved", self.value)
@@ -233,7 +242,10 @@ class Verifier:
                     return VerifyOutcome(False, _status_of(exc.code), call, exc.code)
             return VerifyOutcome(True, 200, call)
 
-        return asyncio.run(run())
+        try:
+            return asyncio.run(run())
+        finally:
+            flush_outcomes()  # the mint's outcome row is written before verify answers
 
     def _call(
         self, provider: Provider, cred: ResolvedCredential, value: SecretValue, call: str
@@ -245,9 +257,19 @@ class Verifier:
         headers.update({name: v.reveal() for name, v in wire.headers})
         params = [*wire.companion_query, *((n, v.reveal()) for n, v in wire.query)]
         assert provider.verify is not None
+        # A total deadline and a bounded read, like token calls (oauth.TOKEN_DEADLINE_S).
+        ends = time.monotonic() + TOKEN_DEADLINE_S
+        data = bytearray()
         try:
-            with httpx.Client(timeout=self._timeout, follow_redirects=False) as http:
-                response = http.request(method, url, headers=headers, params=params)
+            with (
+                httpx.Client(timeout=self._timeout, follow_redirects=False) as http,
+                http.stream(method, url, headers=headers, params=params) as response,
+            ):
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_TOKEN_RESPONSE or time.monotonic() > ends:
+                        log.info("verify of %s: answer too large or too slow", cred.name)
+                        return VerifyOutcome(False, None, call)
         except httpx.HTTPError as exc:
             log.info("verify of %s: no answer (%s)", cred.name, type(exc).__name__)
             return VerifyOutcome(False, None, call)
@@ -255,7 +277,7 @@ class Verifier:
         if ok and provider.verify.json_ok:
             body = None
             with contextlib.suppress(ValueError):
-                body = response.json()
+                body = json.loads(bytes(data))
             ok = isinstance(body, dict) and body.get("ok") is True
         return VerifyOutcome(ok, response.status_code, call)
 

@@ -12,6 +12,8 @@ proxies carry the expiry on their cached workspace and check it per request.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -126,6 +128,22 @@ class Workspaces:
         self._store = store
         self._last_used_written: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
+        # The proxy writes last_used_at from a thread of its own (`touch_in_background`):
+        # another process holding the write lock must not stall authentication.
+        self._toucher: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def touch_in_background(self) -> None:
+        """Record last use from one background thread instead of the caller's (the proxy)."""
+        if self._toucher is None:
+            self._toucher = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="capgate-last-used"
+            )
+
+    def close(self) -> None:
+        """Finish pending last-use writes (bounded by the store's busy timeout)."""
+        if self._toucher is not None:
+            self._toucher.shutdown(wait=True)
+            self._toucher = None
 
     # -- users -----------------------------------------------------------------------
 
@@ -352,10 +370,18 @@ class Workspaces:
             if last is not None and now - last < LAST_USED_INTERVAL_S:
                 return
             self._last_used_written[token_id] = now
+        toucher = self._toucher
+        if toucher is not None:
+            with contextlib.suppress(RuntimeError):  # shutting down
+                toucher.submit(self._write_last_used, token_id, now_iso())
+            return
+        self._write_last_used(token_id, now_iso())
+
+    def _write_last_used(self, token_id: str, at: str) -> None:
         try:
             with self._store.write() as conn:
                 conn.execute(
-                    "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), token_id)
+                    "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (at, token_id)
                 )
         except OperationalError as exc:  # busy: best effort, retried next interval
             log.warning("could not record agent token last use: %s", exc)

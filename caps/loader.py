@@ -9,11 +9,11 @@ from __future__ import annotations
 import gc
 import re
 from os import PathLike
-from pathlib import Path
 
 import yaml
 
 from capgate.caps.errors import CapsError, Problem
+from capgate.caps.files import MAX_CAPS_BYTES, FileRefused, read_config_text
 from capgate.caps.globs import Glob, compile_glob
 from capgate.caps.hosts import parse_host_pattern
 from capgate.caps.model import Capability, CapsConfig, Role, Unmatched
@@ -28,11 +28,9 @@ def load_caps(path: str | PathLike[str]) -> CapsConfig:
     """Read and parse a caps.yaml file; CapsError lists every problem."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CapsError([Problem(name, 1, 1, "not UTF-8 text")]) from None
-    except OSError as exc:
-        raise CapsError([Problem(name, 1, 1, f"cannot read file: {exc.strerror}")]) from None
+        text = read_config_text(path, MAX_CAPS_BYTES)
+    except FileRefused as exc:
+        raise CapsError([Problem(name, 1, 1, str(exc))]) from None
     return parse_caps(text, name)
 
 

@@ -159,7 +159,7 @@ class CapgateAddon:
     def configure(self, updated: set[str]) -> None:
         if "capgate_caps" in updated and ctx.options.capgate_caps:
             try:
-                self.watcher = CapsWatcher(Path(ctx.options.capgate_caps))
+                self.watcher = CapsWatcher(Path(ctx.options.capgate_caps), background=True)
             except CapsError as exc:
                 raise exceptions.OptionsError(
                     "invalid caps file:\n" + "\n".join(str(p) for p in exc.problems)

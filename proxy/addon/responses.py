@@ -39,6 +39,7 @@ DENY_MESSAGES = {
     "internal_error": "capgate: internal error; the request was refused",
     "audit_unavailable": "capgate: the decision log cannot be written; refusing requests"
     " until it can (--audit-fail-closed)",
+    "upstream_timeout": "capgate: the upstream did not answer in time",
 }
 
 
@@ -108,6 +109,8 @@ def install_error_pages() -> None:
     from mitmproxy.proxy.layers.http import _http1, _http2
 
     def make_error_response(status_code: int, message: str = "") -> bytes:
+        if status_code >= 500 and upstream_cause(message) == "timeout":
+            status_code = 504  # a deadline capgate enforces (deadlines.py) or a timeout
         response = http.Response.make(
             status_code,
             error_body(status_code, message),

@@ -4,6 +4,12 @@ Only the mitmproxy addons the forward proxy needs are loaded (core, proxy server
 layer, TLS, h2c refusal) plus capgate's own; no flow is kept after it completes. Two ways
 to run: `serve()` in the current process until SIGINT/SIGTERM (`capgate proxy`), and
 `ProxyThread` on an ephemeral port in a background thread (`capgate exec`, tests).
+
+Shutdown (SIGTERM/SIGINT, `serve()`): the listening sockets close at once, requests in
+flight get up to SHUTDOWN_GRACE_S seconds (CAPGATE_SHUTDOWN_GRACE) to finish and write
+their rows; a request still open after the grace period is recorded with reason
+`shutdown` (it may have reached the upstream), then the proxy stops and every queued row
+is written. A second signal stops at once (the rows of open requests are still written).
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +34,9 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconf
 from mitmproxy.proxy import mode_servers
 
 from .broker_port import BrokerPort
+from .connections import ConnectionGuard
+from .deadlines import UpstreamDeadlines
+from .flowstate import finish, get_state
 from .hooks import CapgateAddon
 from .limits import install_limits
 from .responses import install_error_pages
@@ -33,8 +44,11 @@ from .upstream import UpstreamIdentity
 
 logger = logging.getLogger("capgate.proxy")
 
-CA_BASENAME = "mitmproxy"
-LISTEN_TIMEOUT_S = 15.0  # mitmproxy's file names inside the confdir
+SHUTDOWN_GRACE_S = 10.0  # default; CAPGATE_SHUTDOWN_GRACE overrides (seconds, >= 0)
+GRACE_ENV = "CAPGATE_SHUTDOWN_GRACE"
+
+CA_BASENAME = "mitmproxy"  # mitmproxy's file names inside the confdir
+LISTEN_TIMEOUT_S = 15.0
 # Libraries whose DEBUG records are costly or can carry values (cel-python logs the
 # activation, secrets included). mitmproxy's own entry point sets the root to DEBUG.
 CHATTY_LOGGERS = (
@@ -193,7 +207,9 @@ def mitmproxy_options(settings: ProxySettings) -> dict[str, Any]:
     )
 
 
-async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Master:
+async def build_master(
+    settings: ProxySettings, broker: BrokerPort, first_addons: Sequence[Any] = ()
+) -> master.Master:
     """A mitmproxy Master in regular mode with capgate's addon; call inside the loop."""
     quiet_libraries()
     install_error_pages()
@@ -202,10 +218,13 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
     m = master.Master(options.Options(), with_termlog=False)
     addon = CapgateAddon(broker)
     m.addons.add(
+        *first_addons,
         # UpstreamIdentity before tlsconfig and any address-rewriting addon
         *mitmproxy_addons(settings.reuse_port, before_tls=(UpstreamIdentity(),)),
         *settings.extra_addons,
         addon,
+        UpstreamDeadlines(),
+        ConnectionGuard(),
     )
     m.options.update(
         **mitmproxy_options(settings),
@@ -216,17 +235,116 @@ async def build_master(settings: ProxySettings, broker: BrokerPort) -> master.Ma
     return m
 
 
+class InFlight:
+    """Which requests capgate is handling: registered first, so a request is known from
+    its first hook on; it is done once capgate recorded its row (its FlowState is gone)."""
+
+    name = "capgate-inflight"
+
+    def __init__(self) -> None:
+        self.flows: dict[int, Any] = {}
+
+    def requestheaders(self, flow: Any) -> None:
+        self.flows[id(flow)] = flow
+
+    def open_flows(self) -> list[Any]:
+        for key, flow in list(self.flows.items()):
+            if get_state(flow) is None:
+                del self.flows[key]
+        return list(self.flows.values())
+
+
+def shutdown_grace() -> float:
+    raw = os.environ.get(GRACE_ENV)
+    if raw is None:
+        return SHUTDOWN_GRACE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ValueError(f"{GRACE_ENV} must be a number of seconds from 0 to 3600")
+    return value
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one; returns (soft, hard) after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the descriptor limit from %d: %s", soft, exc)
+    return soft, hard
+
+
+def _quiet_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Connections cancelled while the loop stops are no error (CPython 3.12.1 logs one
+    traceback per open connection from asyncio.streams)."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
+async def drain(
+    m: master.Master,
+    inflight: InFlight,
+    broker: BrokerPort,
+    grace: float,
+    forced: asyncio.Event,
+) -> None:
+    """Stop listening, let open requests finish for up to `grace` s, record the rest."""
+    open_flows = inflight.open_flows()
+    logger.info(
+        "shutting down: %d request(s) in flight, waiting up to %.0f s", len(open_flows), grace
+    )
+    m.options.update(server=False)  # close the listening sockets; connections stay
+    ends = time.monotonic() + grace
+    while open_flows and time.monotonic() < ends and not forced.is_set():
+        await asyncio.sleep(0.05)
+        open_flows = inflight.open_flows()
+    for flow in open_flows:
+        state = get_state(flow)
+        if state is not None:
+            state.reason = state.reason or "shutdown"
+            finish(broker, flow, state, None)
+    if open_flows:
+        logger.warning(
+            "shutdown: %d request(s) still open after %.0f s, recorded as `shutdown`",
+            len(open_flows),
+            grace,
+        )
+
+
 async def serve(
     settings: ProxySettings, broker: BrokerPort, on_listening: Callable[[], None] | None = None
 ) -> None:
-    """Run until SIGINT/SIGTERM; pending policy decisions are flushed on the way out.
+    """Run until SIGINT/SIGTERM; drain requests in flight, then flush policy decisions.
 
     `on_listening` is called once the socket listens (a worker tells its supervisor).
     """
-    m = await build_master(settings, broker)
+    grace = shutdown_grace()
+    soft, hard = raise_fd_limit()
+    logger.debug("descriptor limit %d (hard %d)", soft, hard)
+    inflight = InFlight()
+    m = await build_master(settings, broker, first_addons=(inflight,))
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_cancelled)
+    stopping: list[asyncio.Task[None]] = []
+    forced = asyncio.Event()
+
+    def on_signal() -> None:
+        if stopping:  # a second signal: stop now
+            forced.set()
+            m.shutdown()
+            return
+        task = loop.create_task(drain(m, inflight, broker, grace, forced))
+        task.add_done_callback(lambda _: m.shutdown())
+        stopping.append(task)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, m.shutdown)
+        loop.add_signal_handler(sig, on_signal)
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     run = loop.create_task(m.run())
@@ -249,8 +367,13 @@ async def serve(
                 on_listening()
         await run
     finally:
+        for flow in inflight.open_flows():  # forced stop: the rows are still written
+            state = get_state(flow)
+            if state is not None:
+                state.reason = state.reason or "shutdown"
+                finish(broker, flow, state, None)
         broker.close()
-    if not m.addons.get("proxyserver").listen_addrs() and not m.should_exit.is_set():
+    if not stopping and not m.should_exit.is_set():
         raise RuntimeError("the proxy could not listen")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,35 @@ class CliContext:
     org: str
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class CapgateGroup(LazyGroup):
+    """The root group: a store fault anywhere below is an `error:` line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except sqlite3.OperationalError as exc:
+            _store_fault(ctx, exc, busy="locked" in str(exc) or "busy" in str(exc))
+        except sqlite3.DatabaseError as exc:
+            _store_fault(ctx, exc, busy=False)
+        return None
+
+
+def _store_fault(ctx: click.Context, exc: sqlite3.Error, *, busy: bool) -> None:
+    # SQLite's messages name the condition, never row contents.
+    obj = ctx.obj
+    where = f" in {obj.home}" if isinstance(obj, CliContext) else ""
+    if busy:
+        message = f"the store{where} is busy (another process holds its write lock): {exc}"
+    else:
+        message = (
+            f"a store{where} is damaged or unreadable ({exc}); nothing was changed. "
+            "Restore control.db and vault.db from a backup"
+        )
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+@click.group(cls=CapgateGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="capgate", prog_name="capgate", message="%(prog)s %(version)s")
 @click.option(
     "--home",

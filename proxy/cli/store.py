@@ -107,6 +107,45 @@ def vault_rotate_key(ctx: click.Context, keep_old: bool, as_json: bool) -> None:
     _emit(as_json, {"rewrapped": count}, f"re-wrapped {count} entries")
 
 
+@vault.command("check")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Delete orphaned entries (named by no row) older than ten minutes.",
+)
+@json_option
+@click.pass_context
+@handles_errors
+def vault_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Check the vault against the control store: orphans, unreadable and missing entries.
+
+    Every finding names its row (kind, name, org, id) and ref, never a value. Exit 0 when
+    nothing is wrong (after --repair), 1 otherwise. Unreadable and missing values are
+    never repaired automatically: upload them again.
+    """
+    from capgate.broker import vaultcheck
+
+    stores, _ = _stores(ctx)
+    findings = vaultcheck.check(stores)
+    repaired = vaultcheck.repair(stores, findings) if repair else []
+    left = [f for f in findings if f not in repaired]
+    document = {
+        "findings": [f.to_json() for f in left],
+        "repaired": [f.to_json() for f in repaired],
+        "entries": len(stores.vault.entries()),
+    }
+    lines = [f.describe() for f in left]
+    lines += [f"repaired: deleted orphaned vault entry {f.ref}" for f in repaired]
+    lines.append(
+        f"{len(left)} problem(s), {len(repaired)} repaired"
+        if left or repaired
+        else f"vault ok ({document['entries']} entries)"
+    )
+    _emit(as_json, document, lines)
+    if left:
+        raise click.exceptions.Exit(1)
+
+
 # --- credentials ----------------------------------------------------------------------
 
 

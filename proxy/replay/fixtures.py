@@ -35,6 +35,7 @@ from typing import Any
 
 from capgate.broker.providers import PROVIDERS, Kind, wire_username
 from capgate.caps import Problem
+from capgate.caps.files import MAX_FIXTURE_BYTES, FileRefused, read_config_text
 
 from .placeholders import KINDS, Named, TestValues, placeholders_in
 from .yamlwalk import Node, Walker
@@ -121,8 +122,8 @@ class Fixture:
 
 def load_fixture(path: Path) -> Fixture:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_config_text(path, MAX_FIXTURE_BYTES)
+    except FileRefused as exc:
         raise FixtureError([Problem(str(path), 1, 1, f"cannot read fixture: {exc}")]) from None
     return parse_fixture(text, path)
 

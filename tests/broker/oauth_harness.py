@@ -13,6 +13,7 @@ import pytest
 
 from capgate.broker import audit
 from capgate.broker.credential_rows import CredentialRow, CredentialSpec
+from capgate.broker.minting import flush_outcomes
 from capgate.broker.oauth import UNSAFE_AUTHORIZE_ENV, UNSAFE_TOKEN_ENV
 from capgate.broker.secretvalue import SecretValue
 from capgate.broker.service import Broker
@@ -79,9 +80,12 @@ class MintEnv:
         return broker.activate(self.workspace, names, ())
 
     def mint(self, broker: Broker, name: str) -> MintOutcome:
-        return asyncio.run(broker.mint(self.activate(broker, name), name))
+        outcome = asyncio.run(broker.mint(self.activate(broker, name), name))
+        flush_outcomes()  # success and transient outcomes are written behind the request
+        return outcome
 
     def row(self, name: str) -> CredentialRow:
+        flush_outcomes()  # mint outcomes are written behind the request
         return self.stores.credentials.get(self.org_id, name)
 
     def refresh_token(self, name: str) -> str:
