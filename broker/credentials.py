@@ -244,6 +244,7 @@ class Credentials:
         for ref in (row.durable_ref, row.provider_config.get(CLIENT_SECRET_REF)):
             if ref:
                 self._vault.delete(ref)
+        self._vault.delete_minted(row.id)  # access tokens shared between processes
 
     # -- mint-side writes ------------------------------------------------------------
 

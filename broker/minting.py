@@ -346,16 +346,38 @@ def minter_for(cred: ResolvedCredential) -> tuple[Provider, StaticMinter | OAuth
     return provider, MINTERS[kind]
 
 
+class SharedToken(Protocol):
+    """A token slot shared by the processes of a home (blocking; called under the lock)."""
+
+    def find(self) -> TokenGrant | None:
+        """A still-valid token another process minted, or None."""
+        ...
+
+    def keep(self, grant: TokenGrant) -> None:
+        """Share a token just minted (never raises)."""
+        ...
+
+
 async def mint_token(
-    provider: Provider, minter: OAuthMinter, cred: ResolvedCredential, env: MintEnv
+    provider: Provider,
+    minter: OAuthMinter,
+    cred: ResolvedCredential,
+    env: MintEnv,
+    shared: SharedToken | None = None,
 ) -> TokenGrant:
     """Mint under the credential's cross-process lock and report the outcome.
 
-    The outcome is recorded before the lock is released, so a concurrent `cred connect`
-    (which takes the same lock) can never be undone by a stale failure. Never raises
-    anything but MintError.
+    With `shared`, a token another process minted (and shared) while this one waited for
+    the lock is used instead of calling the token endpoint, and a new token is shared
+    before the lock is released. The outcome is recorded before the lock is released, so
+    a concurrent `cred connect` (which takes the same lock) can never be undone by a
+    stale failure. Never raises anything but MintError.
     """
     async with hold(cred.id, env.values.lock(cred)):
+        if shared is not None:
+            found = await run_blocking(shared.find)
+            if found is not None:
+                return found
         try:
             grant = await minter.token(provider, cred, env)
         except MintError as exc:
@@ -367,6 +389,8 @@ async def mint_token(
             await _report(env, cred, error)
             raise error from None
         await _report(env, cred, None)
+        if shared is not None:
+            await run_blocking(shared.keep, grant)
         return grant
 
 

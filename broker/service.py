@@ -3,7 +3,9 @@
 Static kinds are rendered from durable values fetched at activation. OAuth kinds go
 through the token cache (single flight per credential) and `minting.mint_token`, which
 holds the credential's cross-process lock, re-reads the durable value, and records the
-outcome. Mint failures come back as `MintOutcome(wire=None, reason="auth_unavailable:<code>")`.
+outcome. Under that lock a token another process of the home minted is used if it is
+still good (sharedtokens.py), so N workers or replicas make one token-endpoint call per
+expiry. Mint failures come back as `MintOutcome(wire=None, reason="auth_unavailable:<code>")`.
 
 When the store's generation moves (a change in any process), tokens of credentials that
 were deleted or changed are dropped from the cache before the next request is served.
@@ -42,6 +44,7 @@ from .oauth import DEFAULT_TIMEOUT, Endpoints, MintError
 from .providers import Kind
 from .resolution import resolve_names
 from .secretvalue import SecretValue
+from .sharedtokens import SharedTokens
 from .stores import Stores
 from .tokencache import DEFAULT_MAX_TTL, DEFAULT_SKEW, Minted, TokenCache
 from .types import (
@@ -168,6 +171,12 @@ class Broker:
         self.stores = stores
         self.endpoints = endpoints if endpoints is not None else Endpoints.from_env()
         self.tokens: TokenCache[SecretValue] = TokenCache(max_ttl=token_max_ttl, skew=token_skew)
+        # Tokens shared with the other processes of this home (none with a TTL of 0).
+        self.shared = (
+            SharedTokens(stores, max_ttl=token_max_ttl, skew=token_skew)
+            if token_max_ttl > 0
+            else None
+        )
         self._values = _StoreValues(stores)
         self._http_timeout = http_timeout
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -260,19 +269,23 @@ class Broker:
                 return unavailable(credential_name, "retry_later")  # honouring Retry-After
             env = MintEnv(self._http(), self.endpoints, self._values)
 
+            key = _cache_key(cred)
+            slot = self.shared.slot(cred, key) if self.shared is not None else None
+
             async def mint_once() -> Minted[SecretValue]:  # a token endpoint call
                 started = time.perf_counter()
                 try:
-                    grant = await mint_token(provider, minter, cred, env)
+                    grant = await mint_token(provider, minter, cred, env, slot)
                 finally:
-                    metrics.TOKEN_ENDPOINT_SECONDS.labels(
-                        metrics.provider_label(cred.provider)
-                    ).observe(time.perf_counter() - started)
+                    if slot is None or not slot.found:  # another process's token: no call
+                        metrics.TOKEN_ENDPOINT_SECONDS.labels(
+                            metrics.provider_label(cred.provider)
+                        ).observe(time.perf_counter() - started)
                 return Minted(grant.access_token, grant.expires_in)
 
             try:
                 async with asyncio.timeout(MINT_DEADLINE_S):
-                    token = await self.tokens.get(_cache_key(cred), mint_once)
+                    token = await self.tokens.get(key, mint_once)
             except TimeoutError:
                 log.warning("credential %s: no token within %.0f s", cred.name, MINT_DEADLINE_S)
                 raise MintError("timeout", terminal=False) from None
@@ -290,6 +303,8 @@ class Broker:
         cred = activation.credentials.get(credential_name)
         if cred is not None:
             self.tokens.invalidate(cred.id)
+            if self.shared is not None:  # nor may another process use the rejected token
+                self.shared.forget(cred.id)
 
     def generation(self) -> int:
         generation = self.stores.changes.generation()
@@ -319,6 +334,8 @@ class Broker:
                 elif not loop.is_closed():
                     loop.run_until_complete(client.aclose())
         self._clients.clear()
+        if self.shared is not None:
+            self.shared.close()
         self.stores.close()
 
     # -- internals -------------------------------------------------------------------------

@@ -47,7 +47,26 @@ CREDENTIAL = "credential"
 CLIENT_SECRET = "client_secret"
 SECRET = "secret"
 OAUTH_VERIFIER = "oauth_verifier"  # a hosted consent's PKCE verifier, until the callback
+# An access token minted from a credential, shared by every process of the home until it
+# expires (broker/sharedtokens.py). Its ref is fixed per credential and cache key, not random.
+MINTED_TOKEN = "minted_token"
 ENTRY_KINDS = frozenset({CREDENTIAL, CLIENT_SECRET, SECRET, OAUTH_VERIFIER})
+
+
+_MINTED_PREFIX = "minted."
+
+
+def minted_prefix(credential_id: str) -> str:
+    """The ref prefix of one credential's minted tokens ('.' is not in a credential id)."""
+    if not credential_id or not all(c.isalnum() or c == "_" for c in credential_id):
+        raise ValueError("not a credential id")
+    return f"{_MINTED_PREFIX}{credential_id}."
+
+
+def minted_ref(credential_id: str, key: str) -> str:
+    """The fixed ref of the minted token of one credential and cache key."""
+    digest = hashlib.sha256(b"capgate-minted-ref\0" + key.encode()).hexdigest()[:32]
+    return minted_prefix(credential_id) + digest
 
 
 def key_id(kek: bytes) -> str:
@@ -160,6 +179,44 @@ class Vault:
                 conn.execute("DELETE FROM entries WHERE ref = ?", (ref,))
             self._checkpoint()
 
+    def put_minted(self, ref: str, org_id: str, value: SecretValue) -> None:
+        """Store (or replace) the minted-token entry `ref`, encrypted like every entry.
+
+        Refs are `minted_ref(...)`: one entry per credential and cache key, overwritten by
+        the next mint, removed by `delete_minted` when the credential goes away.
+        """
+        if not ref.startswith(_MINTED_PREFIX):
+            raise ValueError("not a minted-token ref")
+        with self._rotation_lock(fcntl.LOCK_SH), self._lock:
+            self._reload_if_key_changed()
+            self._check_key_matches()
+            kek = self._keyring.keys[self._keyring.active_id]
+            row = _seal(
+                kek, self._keyring.active_id, org_id, MINTED_TOKEN, ref, value.reveal_bytes()
+            )
+            with immediate(self._conn) as conn:
+                conn.execute("DELETE FROM entries WHERE ref = ?", (ref,))
+                conn.execute(
+                    "INSERT INTO entries (ref, org_id, kind, kek_id, wrap_nonce, wrapped_key,"
+                    " nonce, ciphertext, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (ref, org_id, MINTED_TOKEN, *row, now_iso()),
+                )
+
+    def delete_minted(self, credential_id: str, *, written_by: str | None = None) -> None:
+        """Remove (and scrub) the minted-token entries of one credential: all of them, or
+        those written no later than `written_by` (a `now_iso()` time)."""
+        prefix = minted_prefix(credential_id)
+        sql = "DELETE FROM entries WHERE kind = ? AND substr(ref, 1, ?) = ?"
+        params: tuple[str | int, ...] = (MINTED_TOKEN, len(prefix), prefix)
+        if written_by is not None:
+            sql += " AND created_at <= ?"
+            params += (written_by,)
+        with self._lock:
+            with immediate(self._conn) as conn:
+                done = conn.execute(sql, params)
+            if done.rowcount:
+                self._checkpoint()
+
     def _checkpoint(self) -> None:
         if isinstance(self._conn, PgConnection):
             return  # PostgreSQL reclaims dead rows by VACUUM (autovacuum), not on demand
@@ -201,6 +258,12 @@ class Vault:
             return SecretValue(plaintext)
         except UnicodeDecodeError:
             raise VaultError(f"vault entry {ref} is not UTF-8 text") from None
+
+    def get_minted(self, ref: str, org_id: str) -> SecretValue | None:
+        """A minted-token entry, or None when there is none (VaultError when tampered)."""
+        with self._lock:
+            found = self._conn.execute("SELECT 1 FROM entries WHERE ref = ?", (ref,)).fetchone()
+        return None if found is None else self.get(ref, org_id, MINTED_TOKEN)
 
     def _row(self, ref: str) -> Any:
         with self._lock:
@@ -338,4 +401,12 @@ def _seal(
     return kek_id, wrap_nonce, wrapped, nonce, ciphertext
 
 
-__all__ = ["CLIENT_SECRET", "CREDENTIAL", "SECRET", "KeyFileError", "Vault", "VaultError"]
+__all__ = [
+    "CLIENT_SECRET",
+    "CREDENTIAL",
+    "MINTED_TOKEN",
+    "SECRET",
+    "KeyFileError",
+    "Vault",
+    "VaultError",
+]

@@ -121,12 +121,15 @@ def _owners(stores: Stores) -> dict[str, Owner]:
 def check(stores: Stores) -> list[Finding]:
     """Every orphan, unreadable and missing entry, in ref order."""
     owners = _owners(stores)
+    credentials = {o.row_id: o for o in owners.values() if o.table == "credentials"}
     findings: list[Finding] = []
     seen: set[str] = set()
     for entry in stores.vault.entries():
         ref = entry["ref"]
         seen.add(ref)
         owner = owners.get(ref)
+        if owner is None and entry["kind"] == vault.MINTED_TOKEN:
+            owner = _minted_owner(ref, credentials)
         if owner is None:
             findings.append(
                 Finding(ORPHAN, ref, entry["org_id"], entry["kind"], None, "", entry["created_at"])
@@ -145,6 +148,16 @@ def check(stores: Stores) -> list[Finding]:
             detail = f"its vault entry {ref} does not exist"
             findings.append(Finding(MISSING, ref, owner.org_id, owner.kind, owner, detail))
     return findings
+
+
+def _minted_owner(ref: str, credentials: dict[str, Owner]) -> Owner | None:
+    """A shared minted token (`minted.<credential id>.<digest>`) belongs to its credential;
+    there may be none or several per credential, so it is never reported missing."""
+    credential_id = ref.removeprefix("minted.").split(".", 1)[0]
+    cred = credentials.get(credential_id)
+    if cred is None:
+        return None
+    return Owner(cred.table, cred.row_id, cred.name, cred.org_id, cred.org, vault.MINTED_TOKEN)
 
 
 def repair(

@@ -82,9 +82,13 @@ def ca_cert_path(home: Path) -> Path:
 def _bundle(target: Path, parts: Sequence[Path]) -> Path:
     text = "".join(p.read_text().rstrip("\n") + "\n" for p in parts)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    # A name of this process's own: `--workers N` start N processes writing it at once.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -226,7 +226,7 @@ def run_all(settings: Settings, workdir: Path, report: Result) -> None:
             "startup_s": round(setup.startup_s, 2),
         }
         capgate = setup.proxy
-        step("capgate's first requests (one OAuth mint per proxy process)")
+        step("capgate's first requests (one OAuth mint per home, shared by its processes)")
         first = bench.load(capgate, "https", up.https_port, connections=4, requests=200)
         report["capgate"]["first_run"] = {k: first[k] for k in ("statuses", "errors")}
         calls_first = len(oauth.calls)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from capgate.broker.oauth import UNPARSEABLE
+from capgate.broker.sharedtokens import SharedTokens
 from capgate.broker.tokencache import TokenCache
 from tests.broker.oauth_harness import MintEnv, bearer, mint_env_fixture, point_at  # noqa: F401
 from tests.oauth_server import JWT_BEARER, OAuthServer, make_service_account
@@ -125,6 +126,7 @@ def test_100_concurrent_mints_of_an_expired_token_make_one_call(rotating, mint_e
     broker = mint_env.broker()
     clock = Clock()
     broker.tokens = TokenCache(max_ttl=300, skew=30, clock=clock)
+    broker.shared = SharedTokens(broker.stores, max_ttl=300, skew=30, clock=clock)
     activation = mint_env.activate(broker, "mail")
     first = bearer(asyncio.run(broker.mint(activation, "mail")))
     clock.now += 271  # past min(3600, 300) - 30: expired

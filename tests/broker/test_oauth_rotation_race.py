@@ -7,6 +7,7 @@ would spend the old refresh token and kill the grant for everyone.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -43,22 +44,17 @@ def strict(monkeypatch):
         yield srv
 
 
-def test_two_processes_refreshing_at_once_keep_the_grant_alive(
-    strict, mint_env: MintEnv, tmp_path: Path
-):
-    strict.add_client("web-1", "csecret")
-    first = strict.issue_refresh_token("web-1", scope="read")
-    mint_env.add(
-        "mail", "microsoft", "oauth2_authorization_code", first, scopes=["read"],
-        config={"client_id": "web-1", "tenant_id": "contoso"}, client_secret="csecret",
-    )  # fmt: skip
+def run_two(mint_env: MintEnv, tmp_path: Path, ttl: str) -> list[str]:
+    """Two child processes minting `mail` at the same moment; their access tokens."""
     _, agent_token = mint_env.stores.workspaces.create(mint_env.org_id, "agent", "alice")
     go = tmp_path / "go"
+    env = {**os.environ, "CAPGATE_TOKEN_TTL": ttl}
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(mint_env.stores.home.root), str(go), agent_token],
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         for _ in range(2)
     ]
@@ -74,6 +70,43 @@ def test_two_processes_refreshing_at_once_keep_the_grant_alive(
             child.kill()
     tokens = [out.strip().removeprefix("Bearer ") for out in outputs]
     assert all(not t.startswith("FAILED") for t in tokens), tokens
+    return tokens
+
+
+def add_mail(strict: OAuthServer, mint_env: MintEnv) -> str:
+    strict.add_client("web-1", "csecret")
+    first = strict.issue_refresh_token("web-1", scope="read")
+    mint_env.add(
+        "mail", "microsoft", "oauth2_authorization_code", first, scopes=["read"],
+        config={"client_id": "web-1", "tenant_id": "contoso"}, client_secret="csecret",
+    )  # fmt: skip
+    return first
+
+
+def test_two_processes_with_the_cache_on_share_one_refresh(
+    strict, mint_env: MintEnv, tmp_path: Path
+):
+    # given a rotating credential and two processes with the default token cache
+    first = add_mail(strict, mint_env)
+    # when both mint at once
+    tokens = run_two(mint_env, tmp_path, "300")
+    # then one refresh was made: the second process found the first one's shared token
+    assert len(set(tokens)) == 1 and strict.token_valid(tokens[0])
+    spent = [c.form["refresh_token"] for c in strict.grant_calls("refresh_token")]
+    assert spent == [first]
+    assert not strict.revoked_grants
+    # and the shared token is in the vault only, encrypted
+    for path in mint_env.stores.home.root.rglob("*"):
+        if path.is_file():
+            assert tokens[0].encode() not in path.read_bytes(), path
+
+
+def test_two_processes_refreshing_at_once_keep_the_grant_alive(
+    strict, mint_env: MintEnv, tmp_path: Path
+):
+    # (no token cache, so no sharing: both processes refresh, one after the other)
+    first = add_mail(strict, mint_env)
+    tokens = run_two(mint_env, tmp_path, "0")
     assert all(strict.token_valid(t) for t in tokens)
     assert not strict.revoked_grants
     # The refresh tokens were spent in order: each process used the newest one.

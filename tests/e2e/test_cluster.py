@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from capgate.broker.oauth import UNSAFE_TOKEN_ENV
@@ -182,3 +183,62 @@ def test_the_cluster_example_shows_a_delete_taking_effect_on_both(postgres: obje
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK: the delete took effect on both proxies" in done.stdout
     assert "ghp_clusterDemoToken" not in done.stdout + done.stderr
+
+
+def _rows_containing(url: str, needle: str) -> list[str]:
+    """Every table of one database whose rows, as text, contain `needle`."""
+    found = []
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+        for (table,) in tables:
+            sql = f'SELECT count(*) FROM "{table}" t WHERE strpos(t::text, %s) > 0'
+            if conn.execute(sql, (needle,)).fetchone()[0]:
+                found.append(table)
+    return found
+
+
+def test_cached_tokens_cost_one_refresh_per_expiry_across_replicas(
+    cluster: Cluster, tls_upstream: Upstream, strict_server: OAuthServer, pg_urls: tuple[str, str]
+) -> None:
+    # given a rotating credential and two replicas with the default token cache
+    strict_server.add_client("web-1", CLIENT_SECRET)
+    first = strict_server.issue_refresh_token("web-1", scope="read")
+    add_mail_credential(cluster.a, first)
+    for home in (cluster.a, cluster.b):
+        home.extra_env[UNSAFE_TOKEN_ENV] = json.dumps({"microsoft": strict_server.token_url})
+    proxies = [
+        (cluster.proxy(cluster.a, "a"), cluster.a),
+        (cluster.proxy(cluster.b, "b"), cluster.b),
+    ]
+    _, token = cluster.a.workspace("researcher")
+    url = tls_upstream.url("/graph/me", host="localhost")
+    cas = {id(home): ca(home) for _, home in proxies}
+    # when 20 requests arrive at once, split over both replicas
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(
+            pool.map(
+                lambda i: curl(proxies[i % 2][0].url(token), cas[id(proxies[i % 2][1])], url)[0],
+                range(20),
+            )
+        )
+    # then one refresh served both: the second replica found the first one's token
+    assert statuses == [200] * 20
+    spent = [c.form["refresh_token"] for c in strict_server.grant_calls("refresh_token")]
+    assert spent == [first]
+    bearers = {i.header("Authorization")[0] for i in tls_upstream.log.items[-20:]}
+    assert len(bearers) == 1
+    minted = next(iter(bearers)).removeprefix("Bearer ")
+    assert strict_server.token_info(minted) and not strict_server.revoked_grants
+    # and its plaintext is in neither database (the vault holds it encrypted) nor any output
+    control_url, vault_url = pg_urls
+    assert _rows_containing(control_url, minted) == []
+    assert _rows_containing(vault_url, minted) == []
+    for proxy, _ in proxies:
+        assert minted not in proxy.output()
+    # when the credential is deleted via B, its shared token is gone from the vault too
+    cluster.b.cli("cred", "delete", "mail")
+    with psycopg.connect(vault_url) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM entries").fetchall()]
+    assert "minted_token" not in kinds
