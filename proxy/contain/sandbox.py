@@ -97,6 +97,8 @@ class Sandbox:
         for scratch in MASKED_SCRATCH:
             if Path(scratch).is_dir() and not Path(scratch).is_symlink():
                 args += ["--tmpfs", scratch]
+        for runtime in runtime_dirs():  # code CMD runs with, read-only, also under /tmp
+            args += ["--ro-bind", runtime, runtime]
         if str(self.workdir) != "/":
             args += ["--bind", str(self.workdir), str(self.workdir)]
         for masked in _spellings(self.home):
@@ -153,6 +155,20 @@ def _world_readable(path: Path) -> bool:
         return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
     except OSError:
         return False
+
+
+def runtime_dirs() -> list[str]:
+    """The Python installation and capgate's own files (the launcher, the Node preload),
+    when they lie under a folder the sandbox replaces with an empty tmpfs (a venv or a
+    checkout in /tmp): bound read-only again, before the home is masked over them."""
+    here = Path(__file__).resolve().parent
+    candidates = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), here}
+    found = []
+    for path in sorted(candidates):
+        under = any(path.is_relative_to(scratch) for scratch in MASKED_SCRATCH)
+        if under and path.is_dir():
+            found.append(str(path))
+    return found
 
 
 def launcher_python() -> str:
