@@ -97,7 +97,8 @@ class Sandbox:
         for scratch in MASKED_SCRATCH:
             if Path(scratch).is_dir() and not Path(scratch).is_symlink():
                 args += ["--tmpfs", scratch]
-        for runtime in runtime_dirs():  # code CMD runs with, read-only, also under /tmp
+        other_user = not self.as_root and os.geteuid() == 0  # --run-as: bwrap runs as USER
+        for runtime in runtime_dirs(other_user):  # what CMD runs with, read-only, also in /tmp
             args += ["--ro-bind", runtime, runtime]
         if str(self.workdir) != "/":
             args += ["--bind", str(self.workdir), str(self.workdir)]
@@ -157,7 +158,7 @@ def _world_readable(path: Path) -> bool:
         return False
 
 
-def runtime_dirs() -> list[str]:
+def runtime_dirs(other_user: bool = False) -> list[str]:
     """The Python installation and capgate's own files (the launcher, the Node preload),
     when they lie under a folder the sandbox replaces with an empty tmpfs (a venv or a
     checkout in /tmp): bound read-only again, before the home is masked over them."""
@@ -166,7 +167,10 @@ def runtime_dirs() -> list[str]:
     found = []
     for path in sorted(candidates):
         under = any(path.is_relative_to(scratch) for scratch in MASKED_SCRATCH)
-        if under and path.is_dir():
+        reachable = not other_user or all(
+            p.stat().st_mode & 0o001 for p in (path, *path.parents)
+        )  # another user must be able to walk down to it, or bwrap cannot bind it
+        if under and path.is_dir() and reachable:
             found.append(str(path))
     return found
 
