@@ -1,6 +1,6 @@
 """One small minter per credential kind: from a stored value to a WireCredential.
 
-Two protocols: a `StaticMinter` (api_key, basic_auth, query_api_key) renders the durable
+Two base classes: a `StaticMinter` (api_key, basic_auth, query_api_key) renders the durable
 value into the provider's wire shape (`wire()`); an `OAuthMinter` obtains an access token
 from the provider's token endpoint (`token()`), which `bearer_wire` then renders. Providers are data
 (providers.py); nothing here branches on a provider slug.
@@ -23,10 +23,11 @@ import logging
 import threading
 import time
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import httpx
 
@@ -115,19 +116,23 @@ class MintEnv:
     values: DurableValues
 
 
-@runtime_checkable
-class StaticMinter(Protocol):
-    """A kind whose wire value is the stored durable value itself, rendered."""
+class StaticMinter(ABC):
+    """A kind whose wire value is the stored durable value itself, rendered.
 
+    The two minter kinds are ABCs, not runtime-checkable Protocols: the broker tells them
+    apart with isinstance on every request, and a Protocol check of a non-member walks
+    its attributes with `inspect.getattr_static` each time."""
+
+    @abstractmethod
     def wire(
         self, provider: Provider, cred: ResolvedCredential, value: SecretValue
     ) -> WireCredential: ...
 
 
-@runtime_checkable
-class OAuthMinter(Protocol):
+class OAuthMinter(ABC):
     """A kind whose wire value is an access token minted from the durable value."""
 
+    @abstractmethod
     async def token(
         self, provider: Provider, cred: ResolvedCredential, env: MintEnv
     ) -> TokenGrant: ...

@@ -265,11 +265,14 @@ class Broker:
                     value = await self._read_static(cred)
                 wire = self._wire(cred, value, lambda: minter.wire(provider, cred, value))
                 return MintOutcome(credential_name, wire)
+            key = _cache_key(cred)
+            cached = self.tokens.peek(key) if self.tokens.max_ttl else None
+            if cached is not None:  # the common case: no endpoint, no deadline to arm
+                wire = self._wire(cred, cached, lambda: bearer_wire(provider, cred, cached))
+                return MintOutcome(credential_name, wire)
             if self._cooldown.get(cred.id, 0.0) > time.monotonic():
                 return unavailable(credential_name, "retry_later")  # honouring Retry-After
             env = MintEnv(self._http(), self.endpoints, self._values)
-
-            key = _cache_key(cred)
             slot = self.shared.slot(cred, key) if self.shared is not None else None
 
             async def mint_once() -> Minted[SecretValue]:  # a token endpoint call

@@ -26,7 +26,7 @@ class Glob:
     leftmost placement is exact for globs whose only wildcard is `*`.
     """
 
-    __slots__ = ("_segments", "text")
+    __slots__ = ("_base", "_literal", "_segments", "_subtree", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -34,11 +34,28 @@ class Glob:
             segment if segment == "**" else tuple(segment.split("*"))
             for segment in text.split("/")[1:]
         )
+        # Fast paths for the common shapes, exact by construction: a glob without `*`
+        # matches only itself; `/a/b/**` (no other `*`) matches `/a/b` and what is under
+        # it. Any other glob must at least start with its segments before the first `*`.
+        self._literal = "*" not in text
+        head, _, rest = text.partition("*")
+        self._base = head.rpartition("/")[0]  # the whole segments before the first `*`
+        self._subtree = rest == "*" and head.endswith("/")
 
     def __repr__(self) -> str:
         return f"Glob({self.text!r})"
 
     def match(self, path: str) -> bool:
+        if self._literal:
+            return path == self.text
+        base = self._base
+        if not path.startswith(base) or (len(path) > len(base) and path[len(base)] != "/"):
+            return path == "" and self._segments == ("**",)
+        if self._subtree:
+            return path.startswith("/") or not base
+        return self._match_segments(path)
+
+    def _match_segments(self, path: str) -> bool:
         if not path.startswith("/"):
             return path == "" and self._segments == ("**",)
         segments = self._segments

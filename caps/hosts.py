@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 # UTS-46 (the mapping browsers use); Python's own codec only knows IDNA 2003.
 import idna as _idna
@@ -33,7 +34,16 @@ def normalize_host(host: str) -> str:
     compressed), IDNA to ASCII (UTS-46), and the numeric IPv4 forms an URL parser accepts
     (`2130706433`, `0x7f.1`, `0177.0.0.1`) written as a dotted quad.
     """
-    if not isinstance(host, str) or not host.strip():
+    if not isinstance(host, str):
+        raise ValueError("empty host")
+    return _normalized(host)
+
+
+@lru_cache(maxsize=4096)
+def _normalized(host: str) -> str:
+    """normalize_host's work, cached: it runs two or three times per request on the same
+    few names (IPv4 and IDNA parsing cost microseconds); errors are not cached."""
+    if not host.strip():
         raise ValueError("empty host")
     host = host.strip()
     if host.startswith("[") or ":" in host:

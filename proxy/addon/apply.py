@@ -9,6 +9,7 @@ Bodies are written only through `set_content`, which keeps Content-Length right.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,20 +36,25 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")  # as mitmproxy's Headers encode str
 
 
+@functools.lru_cache(maxsize=1024)
+def _lowered(names: tuple[str, ...]) -> frozenset[bytes]:
+    return frozenset(_bytes(name.lower()) for name in names)
+
+
 def drop_headers(headers: http.Headers, names: Iterable[str]) -> None:
     """Remove every value of these header names (case-insensitive), in one pass over the
     raw fields (mitmproxy's `pop` of an absent name costs a raised KeyError)."""
-    lowered = {_bytes(name.lower()) for name in names}
+    lowered = _lowered(tuple(names))
     fields = headers.fields
-    kept = tuple(field for field in fields if field[0].lower() not in lowered)
+    kept = [field for field in fields if field[0].lower() not in lowered]
     if len(kept) != len(fields):
-        headers.fields = kept
+        headers.fields = tuple(kept)
 
 
 def set_header(headers: http.Headers, name: str, value: str) -> None:
     """Replace every value of `name` with one `value`."""
     lowered = _bytes(name.lower())
-    kept = tuple(field for field in headers.fields if field[0].lower() != lowered)
+    kept = [field for field in headers.fields if field[0].lower() != lowered]
     headers.fields = (*kept, (_bytes(name), _bytes(value)))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
@@ -20,6 +21,10 @@ from capgate.caps import BodyTransform, Capability, Destination, RequestView, pa
 
 from .broker_port import BrokerPort
 from .tripwire import Tripwire
+
+if TYPE_CHECKING:
+    from .scrub import Scrubber
+    from .session import Guards
 
 KEY = "capgate"
 access_log = logging.getLogger("capgate.access")
@@ -39,7 +44,8 @@ class FlowState:
     applied: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     auth_failures: dict[str, str] = field(default_factory=dict)
-    scrub: list[LeakPattern] = field(default_factory=list)
+    scrub: list[LeakPattern] = field(default_factory=list)  # starts as guards.scrub
+    guards: Guards | None = None  # the activation's compiled tripwire and scrubber
     oauth: list[str] = field(default_factory=list)  # credentials stamped with OAuth tokens
     body_transforms: list[BodyTransform] = field(default_factory=list)
     view: RequestView | None = None
@@ -49,6 +55,15 @@ class FlowState:
     minted: list[LeakPattern] = field(default_factory=list)  # OAuth tokens stamped here
     refuse: bool = False  # the response cannot be scrubbed: `response` answers 502
     recorded: bool = False
+
+    def scrubber(self) -> Scrubber:
+        """What this request's responses are scrubbed with: every value of the activation
+        and every value injected into this request."""
+        if self.guards is not None:
+            return self.guards.scrubber_with(self.scrub)
+        from .scrub import scrubber_for
+
+        return scrubber_for(tuple(self.scrub))
 
 
 def new_state(flow: http.HTTPFlow) -> FlowState:
@@ -78,9 +93,9 @@ def printable(text: str) -> str:
     and `%` itself kept: what the audit row and the access log hold of a request field.
     A terminal escape cannot reach a terminal, and a raw 0xFF (kept by mitmproxy as a
     surrogate) cannot stop the decision writer."""
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text  # visible ASCII only (isprintable refuses controls and DEL)
     data = text.encode("utf-8", "surrogateescape")
-    if all(b in _SAFE or b == 0x25 for b in data):
-        return text
     return "".join(chr(b) if b in _SAFE or b == 0x25 else f"%{b:02X}" for b in data)
 
 

@@ -45,9 +45,8 @@ from .flowstate import FlowState, finish, get_state, new_state, printable, recor
 from .limits import BODY_LIMIT_KEY
 from .reload import CapsWatcher
 from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
-from .scrub import activation_scrub, can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
+from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
 from .session import Sessions
-from .tripwire import tripwire_for
 
 logger = logging.getLogger("capgate.addon")
 
@@ -306,7 +305,8 @@ class CapgateAddon:
         state.activation = self.sessions.activation(state.workspace, config, version)
         # Every value the workspace can use is scrubbed from every response of it: a value
         # stored upstream through one capability can be read back through another.
-        state.scrub = list(activation_scrub(self.sessions.tripwire_patterns(state.activation)))
+        state.guards = self.sessions.guards(state.activation)
+        state.scrub = list(state.guards.scrub)
         if state.scrub:
             drop_headers(flow.request.headers, RANGE_HEADERS)
         label = self._leak_in_head(flow, state)
@@ -359,8 +359,8 @@ class CapgateAddon:
     def _leak_in_head(self, flow: http.HTTPFlow, state: FlowState) -> str | None:
         """The label of a stored value the request's head carries (the tripwire runs before
         matching, on every request); keeps the tripwire on the state for the body."""
-        assert state.activation is not None and state.dest is not None
-        tripwire = tripwire_for(self.sessions.tripwire_patterns(state.activation))
+        assert state.guards is not None and state.dest is not None
+        tripwire = state.guards.tripwire
         if not tripwire:
             return None
         state.tripwire = tripwire
@@ -453,7 +453,7 @@ class CapgateAddon:
         if not state.scrub:
             response.stream = True
             return
-        scrubber = scrubber_for(tuple(state.scrub))
+        scrubber = state.scrubber()
         inject.scrub_headers(response.headers, scrubber)
         if response.reason:  # the status line's reason phrase is no header, but echoes too
             reason = scrubber.scrub_text(response.reason)
@@ -500,9 +500,9 @@ class CapgateAddon:
         elif response.status_code == 101:
             self._upgrade(flow, response, state)
         elif state.scrub and not response.stream:
-            inject.scrub_buffered(response, scrubber_for(tuple(state.scrub)))
+            inject.scrub_buffered(response, state.scrubber())
         if state.scrub and response.trailers:
-            inject.scrub_headers(response.trailers, scrubber_for(tuple(state.scrub)))
+            inject.scrub_headers(response.trailers, state.scrubber())
         finish(self.broker, flow, state, response.status_code)
 
     def _upgrade(self, flow: http.HTTPFlow, response: http.Response, state: FlowState) -> None:
@@ -551,7 +551,7 @@ class CapgateAddon:
         self.watcher.poll()
         config, version = self.watcher.config, self.watcher.version
         activation = self.sessions.activation(workspace, config, version)
-        tripwire = tripwire_for(self.sessions.tripwire_patterns(activation))
+        tripwire = self.sessions.guards(activation).tripwire
         if not tripwire:
             return None
         for name in names:

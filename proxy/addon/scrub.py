@@ -154,6 +154,10 @@ class Scrubber:
     def __bool__(self) -> bool:
         return self._regex is not None
 
+    def finds(self, data: bytes) -> bool:
+        """Whether `data` holds any pattern (one search; cheaper than `scrub`)."""
+        return self._regex is not None and self._regex.search(data) is not None
+
     def scrub(self, data: bytes) -> bytes:
         if self._regex is None or not data:
             return data

@@ -10,18 +10,45 @@ checked against the clock on every request (a renewed lease is found by re-authe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from capgate.broker.types import Activation, LeakPattern, Workspace
 from capgate.caps import CapsConfig
 
 from .broker_port import BrokerPort
-from .scrub import activation_scrub, scrubber_for
-from .tripwire import tripwire_for
+from .scrub import Scrubber, activation_scrub, scrubber_for
+from .tripwire import Tripwire, tripwire_for
 
 MAX_CACHED = 10_000
 # Minted OAuth access tokens remembered per org as tripwire patterns (the newest win).
 MAX_MINTED_PER_ORG = 256
+
+
+@dataclass(eq=False)
+class Guards:
+    """What every request of one activation is checked and scrubbed with, compiled once
+    (per activation and set of the org's minted tokens), not per request."""
+
+    patterns: tuple[LeakPattern, ...]  # the tripwire's: the activation's values, minted tokens
+    scrub: tuple[LeakPattern, ...] = field(init=False)  # scrubbed from every response
+    tripwire: Tripwire = field(init=False)
+    _values: frozenset[bytes] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scrub = activation_scrub(self.patterns)
+        self.tripwire = tripwire_for(self.patterns)
+        self._values = frozenset(p.value for p in self.scrub)
+
+    @cached_property
+    def scrubber(self) -> Scrubber:
+        return scrubber_for(self.scrub)
+
+    def scrubber_with(self, patterns: Sequence[LeakPattern]) -> Scrubber:
+        """The scrubber for `patterns`: `scrub` followed by what one request injected."""
+        extra = tuple(p for p in patterns[len(self.scrub) :] if p.value not in self._values)
+        return scrubber_for(self.scrub + extra) if extra else self.scrubber
 
 
 class Sessions:
@@ -31,6 +58,9 @@ class Sessions:
         self._workspaces: dict[str, Workspace] = {}
         self._activations: dict[tuple[str, int], Activation] = {}
         self._minted: dict[str, dict[bytes, LeakPattern]] = {}
+        self._minted_version: dict[str, int] = {}  # org -> moves when a new token is added
+        # id(activation) -> (activation, the org's minted version, its guards)
+        self._guards: dict[int, tuple[Activation, int, Guards]] = {}
 
     def refresh(self) -> None:
         """One cheap generation check per request; a move drops every cached answer."""
@@ -40,6 +70,8 @@ class Sessions:
             self._workspaces.clear()
             self._activations.clear()
             self._minted.clear()
+            self._minted_version.clear()
+            self._guards.clear()
             # Compiled patterns hold values too: a deleted one must not linger in memory.
             scrubber_for.cache_clear()
             activation_scrub.cache_clear()
@@ -75,11 +107,14 @@ class Sessions:
     def note_minted(self, org_id: str, patterns: Iterable[LeakPattern]) -> None:
         """Remember minted access tokens: an agent that sends one back has seen it."""
         known = self._minted.setdefault(org_id, {})
+        added = False
         for pattern in patterns:
-            known.pop(pattern.value, None)
-            known[pattern.value] = pattern
+            added |= known.pop(pattern.value, None) is None
+            known[pattern.value] = pattern  # the newest last: the oldest go first
         while len(known) > MAX_MINTED_PER_ORG:
             del known[next(iter(known))]
+        if added:
+            self._minted_version[org_id] = self._minted_version.get(org_id, 0) + 1
 
     def minted(self, org_id: str) -> tuple[LeakPattern, ...]:
         known = self._minted.get(org_id)
@@ -90,3 +125,16 @@ class Sessions:
         access tokens."""
         minted = self.minted(activation.workspace.org_id)
         return activation.leak_patterns + minted if minted else activation.leak_patterns
+
+    def guards(self, activation: Activation) -> Guards:
+        """The activation's compiled tripwire and scrubber, current with the org's minted
+        tokens; rebuilt only when one is added (or the generation moves)."""
+        version = self._minted_version.get(activation.workspace.org_id, 0)
+        cached = self._guards.get(id(activation))
+        if cached is not None and cached[0] is activation and cached[1] == version:
+            return cached[2]
+        guards = Guards(self.tripwire_patterns(activation))
+        if len(self._guards) >= MAX_CACHED:
+            self._guards.clear()
+        self._guards[id(activation)] = (activation, version, guards)
+        return guards

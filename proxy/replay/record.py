@@ -130,7 +130,8 @@ class RecordAddon:
     # -- building the fixture ---------------------------------------------------------------
 
     def _capgate(self) -> CapgateAddon | None:
-        return next((a for a in ctx.master.addons.chain if isinstance(a, CapgateAddon)), None)
+        found = ctx.master.addons.get("capgate")  # registered by name, not a chain entry
+        return found if isinstance(found, CapgateAddon) else None
 
     def _activation(self, capture: Capture) -> tuple[Workspace, Activation] | None:
         state = capture.state

@@ -225,25 +225,25 @@ def run_all(settings: Settings, workdir: Path, report: Result) -> None:
             "credential_kind": setup.credential_kind,
             "startup_s": round(setup.startup_s, 2),
         }
-        capgate = setup.proxy
+        capgate, nodecisions = setup.proxy, setup.without_decisions
+        assert nodecisions is not None
         step("capgate's first requests (one OAuth mint per home, shared by its processes)")
         first = bench.load(capgate, "https", up.https_port, connections=4, requests=200)
         report["capgate"]["first_run"] = {k: first[k] for k in ("statuses", "errors")}
         calls_first = len(oauth.calls)
-        bench.load(setup.without_decisions, "https", up.https_port, connections=4, requests=20)
+        bench.load(nodecisions, "https", up.https_port, connections=4, requests=20)
         calls_after_first, served_after_first = len(oauth.calls), dict(bench.served)
-        stock_sections(bench, report, stock, streaming, capgate, setup.without_decisions)
+        stock_sections(bench, report, stock, streaming, capgate, nodecisions)
         baseline_sections(bench, report, start_bare(procs, workdir, pki.ca_pem), capgate)
         workers_sections(bench, report, setup)
         postgres_sections(bench, report, stack, workdir, pki.ca_pem, oauth, capgate)
-        capgate_sections(bench, report, capgate, setup.without_decisions)
+        capgate_sections(bench, report, capgate, nodecisions)
         report["token_endpoint"] = {
             "calls_for_first_200_requests": calls_first,
             "calls_total": len(oauth.calls),
             "calls_after_first_run": len(oauth.calls) - calls_after_first,
             "requests_after_first_run": sum(
-                bench.served[p.name] - served_after_first[p.name]
-                for p in (capgate, setup.without_decisions)
+                bench.served[p.name] - served_after_first[p.name] for p in (capgate, nodecisions)
             ),
         }
         report["memory"] = {name: bench.rss[name] for name in ("capgate", "stock")}
@@ -344,8 +344,8 @@ def postgres_sections(
         client=OAUTH_CLIENT,
         store_urls=(pg.create_database("bench_control"), pg.create_database("bench_vault")),
         name="capgate-pg",
+        decisions_off_variant=False,
     )
-    bench.procs.stop(setup.without_decisions.proc)
     on_pg = setup.proxy
     for mode, port in (("http", up.http_port), ("https", up.https_port)):
         bench.load(on_pg, mode, port, connections=8, duration=1)  # warm-up, first mint

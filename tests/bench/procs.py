@@ -283,7 +283,7 @@ def _capgate(home: Path, env: dict[str, str], *args: str, stdin: str | None = No
 @dataclass(frozen=True)
 class CapgateSetup:
     proxy: Proxy
-    without_decisions: Proxy  # the same, with policy_decision recording switched off
+    without_decisions: Proxy | None  # the same, with policy_decision recording switched off
     credential_kind: str
     startup_s: float  # process start to listening (loads and compiles caps.yaml)
     # Another `capgate proxy` on the same home: (name, extra CLI args, cpu or None).
@@ -301,6 +301,7 @@ def start_capgate(
     client: tuple[str, str],
     store_urls: tuple[str, str] | None = None,
     name: str = "capgate",
+    decisions_off_variant: bool = True,
 ) -> CapgateSetup:
     """Initialise a throwaway home, store a credential and a secret, start `capgate proxy`.
 
@@ -338,13 +339,15 @@ def start_capgate(
     proc = procs.spawn(command([str(CAPGATE)], port), name=name, cpu=procs.proxy_cpu, env=env)
     wait_port(port, proc, timeout=120)
     startup = time.monotonic() - started
-    variant = procs.spawn(
-        command([sys.executable, "-m", "tests.bench.nodecisions"], variant_port),
-        name=f"{name}-nodecisions",
-        cpu=procs.proxy_cpu,
-        env=env,
-    )
-    wait_port(variant_port, variant, timeout=120)
+    variant = None
+    if decisions_off_variant:
+        variant = procs.spawn(
+            command([sys.executable, "-m", "tests.bench.nodecisions"], variant_port),
+            name=f"{name}-nodecisions",
+            cpu=procs.proxy_cpu,
+            env=env,
+        )
+        wait_port(variant_port, variant, timeout=120)
     try:
         ca_pem = Path(_capgate(home, env, "ca").strip())
     except RuntimeError:  # before `capgate ca` existed: the runner's confdir
@@ -361,7 +364,7 @@ def start_capgate(
 
     return CapgateSetup(
         Proxy(name, port, ca_pem, proc, auth),
-        Proxy(f"{name}-nodecisions", variant_port, ca_pem, variant, auth),
+        Proxy(f"{name}-nodecisions", variant_port, ca_pem, variant, auth) if variant else None,
         kind,
         startup,
         another,

@@ -57,3 +57,17 @@ def test_a_pathological_segment_is_answered() -> None:
     assert not compile_glob("/a*a*a*b").match("/" + "a" * 150_000)
     assert compile_glob("/a*a*a*b").match("/" + "a" * 150_000 + "b")
     assert not compile_glob("/**/x/**/x/**/y").match("/x" * 20_000)
+
+
+any_paths = st.one_of(paths, st.text(alphabet="ab/", max_size=8))
+
+
+@settings(max_examples=2000)
+@given(glob=globs, path=any_paths)
+def test_the_fast_paths_agree_with_the_segment_matcher(glob: str, path: str) -> None:
+    """Literal globs, `/prefix/**` and the literal-prefix precheck answer exactly what the
+    full segment matcher would, for any path (also empty, or without a leading `/`)."""
+    compiled = compile_glob(glob)
+    assert compiled.match(path) == compiled._match_segments(path)
+    if path.startswith("/"):
+        assert compiled.match(path) == bool(reference(glob).match(path))
