@@ -9,6 +9,7 @@ matches `/user/x` and `/user/` but not `/user/x/y`. Everything else is literal.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote
 
@@ -150,3 +151,15 @@ _ENCODED_SLASH = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
 def decode_slashes(path: str) -> str:
     """The path with percent-encoded slashes and backslashes as `/`."""
     return _ENCODED_SLASH.sub("/", path) if "%" in path else path
+
+
+@dataclass(frozen=True, slots=True)
+class PathFacts:
+    """What every capability's path check needs to know about one path, found once."""
+
+    dotted: bool  # holds a `.`/`..` segment (also encoded): only path-free capabilities
+    slashed: str  # the path with %2F / %5C decoded, as an upstream may route it
+
+    @classmethod
+    def of(cls, path: str) -> PathFacts:
+        return cls(has_dot_segment(path), decode_slashes(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from capgate.caps.globs import PathFacts
 from capgate.caps.hosts import DEFAULT_PORTS, is_ip_address
 from capgate.caps.http import path_without_query
 
@@ -47,12 +48,13 @@ class Matcher:
         scheme = scheme.lower()
         method = method.upper()
         path = path_without_query(path)
+        facts = PathFacts.of(path)
         best: Capability | None = None
         for bucket in self._buckets(scheme, host, port):
             for capability in bucket:
                 if best is not None and capability.index >= best.index:
                     break
-                if capability.allows_request(scheme, method, path):
+                if capability.allows_request(scheme, method, path, facts):
                     best = capability
                     break
         return best

@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from capgate.caps.cel import CelExpression, record
-from capgate.caps.globs import Glob, decode_slashes, has_dot_segment
+from capgate.caps.globs import Glob, PathFacts
 from capgate.caps.hosts import HostPattern
 from capgate.caps.http import path_without_query
 from capgate.caps.matcher import Matcher
@@ -294,25 +294,33 @@ class Capability:
             for value in (getattr(t, "value", None) for t in self.transforms)
         )
 
-    def allows_request(self, scheme: str, method: str, path: str) -> bool:
-        """Whether scheme, method and path match (the host is the index's business)."""
+    def allows_request(
+        self, scheme: str, method: str, path: str, facts: PathFacts | None = None
+    ) -> bool:
+        """Whether scheme, method and path match (the host is the index's business).
+        `facts`: the path's `PathFacts`, when the caller checks it against many."""
         if scheme not in self.schemes:
             return False
         if self.methods and method.upper() not in self.methods:
             return False
-        return self.allows_path(path)
+        return self.allows_path(path, facts)
 
-    def allows_path(self, path: str) -> bool:
+    def allows_path(self, path: str, facts: PathFacts | None = None) -> bool:
         """Whether a path (query already removed) matches one of the globs."""
         if not self.path_patterns:
             return True
-        if has_dot_segment(path):
+        if facts is None:
+            facts = PathFacts.of(path)
+        if facts.dotted:
             return False
-        if not any(p.match(path) for p in self.path_patterns):
+        for pattern in self.path_patterns:
+            if pattern.match(path):
+                break
+        else:
             return False
         # An upstream that decodes %2F (or %5C) before routing sees more segments than the
         # glob did: `/repos/*/issues` must not admit `/repos/a%2Fadmin/issues`.
-        slashed = decode_slashes(path)
+        slashed = facts.slashed
         return slashed == path or any(p.match(slashed) for p in self.path_patterns)
 
     def matches(self, scheme: str, host: str, port: int, method: str, path: str) -> bool:

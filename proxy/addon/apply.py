@@ -41,6 +41,19 @@ def _lowered(names: tuple[str, ...]) -> frozenset[bytes]:
     return frozenset(_bytes(name.lower()) for name in names)
 
 
+def header_values(headers: http.Headers, name: str) -> list[str]:
+    """Every value of one header (case-insensitive), as `headers.get_all` gives them, from
+    one pass over the raw fields (mitmproxy's multidict costs several calls per field)."""
+    (lowered,) = _lowered((name,))
+    return [v.decode("utf-8", "surrogateescape") for k, v in headers.fields if k.lower() == lowered]
+
+
+def header_value(headers: http.Headers, name: str) -> str | None:
+    """`headers.get(name)`: the values joined with ", " (as mitmproxy does), or None."""
+    values = header_values(headers, name)
+    return ", ".join(values) if values else None
+
+
 def drop_headers(headers: http.Headers, names: Iterable[str]) -> None:
     """Remove every value of these header names (case-insensitive), in one pass over the
     raw fields (mitmproxy's `pop` of an absent name costs a raised KeyError)."""

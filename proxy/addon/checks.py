@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from operator import itemgetter
 
 from mitmproxy import http
 
@@ -20,6 +21,8 @@ from capgate.caps.http import (
     target_problem,
     transfer_coding_problem,
 )
+
+from .apply import header_values
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
 
@@ -55,10 +58,10 @@ def request_problem(request: http.Request) -> str | None:
     problem = target_problem(request.path, request.method)
     if problem is not None:
         return problem
-    for _, value in request.headers.fields:
-        if has_line_break(value):
-            return "bad_header"
-    return transfer_coding_problem(request.headers.get_all("transfer-encoding"))
+    # One search over every value (joined with a space, which is no line break).
+    if has_line_break(b" ".join(map(itemgetter(1), request.headers.fields))):
+        return "bad_header"
+    return transfer_coding_problem(header_values(request.headers, "transfer-encoding"))
 
 
 def drop_nominated_headers(request: http.Request) -> None:
@@ -66,7 +69,7 @@ def drop_nominated_headers(request: http.Request) -> None:
     they end here (RFC 9110 7.6.1), and so does their nomination. What is forwarded
     carries only `close`, `keep-alive`, `upgrade` and `te`, so no header capgate sets
     later can be nominated for an upstream intermediary to drop."""
-    values = request.headers.get_all("connection")
+    values = header_values(request.headers, "connection")
     if not values:
         return
     nominated = {name for value in values for name in connection_nominations(value)}
@@ -93,7 +96,7 @@ def authority_mismatch(request: http.Request, dest: Destination) -> bool:
 
     More than one Host header is a mismatch too: which one the upstream reads is its choice.
     """
-    claimed = request.headers.get_all("host")
+    claimed = header_values(request.headers, "host")
     if len(claimed) > 1:
         return True
     if request.authority:
@@ -109,7 +112,7 @@ def authority_mismatch(request: http.Request, dest: Destination) -> bool:
 
 def proxy_token(request: http.Request) -> str | None:
     """The agent token: the password of a Basic Proxy-Authorization header, if any."""
-    values = request.headers.get_all(PROXY_AUTHORIZATION)
+    values = header_values(request.headers, PROXY_AUTHORIZATION)
     if len(values) != 1:
         return None
     scheme, _, encoded = values[0].strip().partition(" ")

@@ -29,7 +29,7 @@ from capgate.broker.types import Decision, Workspace
 from capgate.caps import CapsError, Destination, decide, decide_tunnel
 
 from . import inject
-from .apply import drop_headers
+from .apply import drop_headers, header_value, header_values
 from .broker_port import BrokerPort
 from .checks import (
     PROXY_AUTHORIZATION,
@@ -102,7 +102,7 @@ RANGE_HEADERS = ("Range", "If-Range")
 
 
 def _unscrubbable_framing(response: http.Response) -> bool:
-    codings = response.headers.get_all("transfer-encoding")
+    codings = header_values(response.headers, "transfer-encoding")
     return bool(codings) and [c.strip().lower() for c in codings] != ["chunked"]
 
 
@@ -110,7 +110,7 @@ def frame_buffered_body(request: http.Request) -> None:
     """Every forwarded body is framed: a buffered HTTP/2 or HTTP/3 body without a
     Content-Length gets one (mitmproxy forwards it to an HTTP/1.1 upstream as is)."""
     headers = request.headers
-    if "content-length" in headers or "transfer-encoding" in headers:
+    if header_values(headers, "content-length") or header_values(headers, "transfer-encoding"):
         return
     content = request.raw_content
     if content or request.method.upper() in ("POST", "PUT", "PATCH"):
@@ -378,7 +378,7 @@ class CapgateAddon:
     def _stream_request(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Stream the body unless it is small enough to check whole before forwarding."""
         request = flow.request
-        length = request.headers.get("content-length")
+        length = header_value(request.headers, "content-length")
         if length is not None and length.isdigit() and int(length) <= BUFFER_REQUEST_MAX:
             state.buffered_body = True
             return
@@ -387,6 +387,9 @@ class CapgateAddon:
             # would read the body's bytes as further requests. Buffer it; `request` frames
             # it with a Content-Length.
             state.buffered_body = True
+            return
+        if length is None and not header_values(request.headers, "transfer-encoding"):
+            state.buffered_body = True  # HTTP/1 with neither header: there is no body
             return
         if state.tripwire:
 
@@ -434,14 +437,15 @@ class CapgateAddon:
             state.decision, state.reason = Decision.TRIPWIRE, label
             flow.kill()
             return
-        if state.tripwire and (state.buffered_body or state.body_transforms):
+        checked = state.buffered_body or state.body_transforms
+        if state.tripwire and checked and flow.request.raw_content:  # an empty body holds nothing
             content = flow.request.get_content(strict=False) or b""
             hit = state.tripwire.find_in_body(content)
             if hit is not None:
                 return self._trip(flow, state, hit)
         if state.body_transforms:
             inject.apply_body(flow, state)
-        if state.buffered_body or state.body_transforms:
+        if checked:
             frame_buffered_body(flow.request)
 
     @fail_closed
@@ -469,12 +473,12 @@ class CapgateAddon:
             state.refuse = True
             response.stream = False
             return
-        content_type = response.headers.get("content-type", "").lower()
-        length = response.headers.get("content-length")
+        content_type = (header_value(response.headers, "content-type") or "").lower()
+        length = header_value(response.headers, "content-length")
         small = length is not None and length.isdigit() and int(length) <= BUFFER_RESPONSE_MAX
         if small and not content_type.startswith("text/event-stream"):
             return  # buffered; scrubbed whole in `response`
-        encoding = response.headers.get("content-encoding", "")
+        encoding = header_value(response.headers, "content-encoding") or ""
         if not can_decode(encoding):
             return  # cannot scrub a stream we cannot decode: buffer it instead
         response.stream = for_mitmproxy(scrubbing_stream(scrubber, encoding))
