@@ -180,8 +180,10 @@ class ProxySettings:
 
 def mitmproxy_addons(reuse_port: bool = False, before_tls: Sequence[Any] = ()) -> list[Any]:
     """The stock mitmproxy addons capgate runs on (the bench's "bare" baseline uses the
-    same list): core, proxy server, next layer, TLS, h2c refusal; nothing else.
-    `before_tls`: capgate's own addons that must run between next layer and TLS."""
+    same): core, proxy server, next layer, TLS, and h2c refusal; nothing else.
+    `before_tls`: capgate's own addons that must run between next layer and TLS.
+    The last one (h2c refusal, a `request` hook only) goes first into `CapgateAddons`,
+    so that it costs no chain entry of its own."""
     server = proxyserver.Proxyserver()
     if reuse_port:
         _REUSE_PORT_SERVERS.add(server)
@@ -222,13 +224,12 @@ async def build_master(
     install_limits()
     ca_cert_path(settings.home)
     m = master.Master(options.Options(), with_termlog=False)
-    own = CapgateAddons(*first_addons, CapgateAddon(broker), UpstreamDeadlines(), ConnectionGuard())
-    m.addons.add(
-        # UpstreamIdentity before tlsconfig and any address-rewriting addon
-        *mitmproxy_addons(settings.reuse_port, before_tls=(UpstreamIdentity(),)),
-        *settings.extra_addons,
-        own,
+    # UpstreamIdentity before tlsconfig and any address-rewriting addon
+    *stock, h2c = mitmproxy_addons(settings.reuse_port, before_tls=(UpstreamIdentity(),))
+    own = CapgateAddons(
+        h2c, *first_addons, CapgateAddon(broker), UpstreamDeadlines(), ConnectionGuard()
     )
+    m.addons.add(*stock, *settings.extra_addons, own)
     own.register_children(m.addons)
     m.options.update(
         **mitmproxy_options(settings),
@@ -265,7 +266,7 @@ class CapgateAddons:
 
     def register_children(self, manager: Any) -> None:
         for child in self.children:
-            name = child.name
+            name = getattr(child, "name", type(child).__name__.lower())  # as mitmproxy names
             if name in manager.lookup:
                 raise ValueError(f"an addon called {name!r} already exists")
             manager.lookup[name] = child

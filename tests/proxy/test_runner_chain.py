@@ -25,14 +25,24 @@ def test_capgate_addons_are_one_chain_entry_in_their_order(tmp_path: Path) -> No
         m = await build_master(settings, MemoryBroker(), first_addons=(inflight,))
         assert isinstance(m.addons.get("capgate"), CapgateAddon)  # children keep their names
         assert m.addons.get("capgate-inflight") is inflight
+        assert type(m.addons.get("disableh2c")).__name__ == "DisableH2C"
         return list(m.addons.chain)
 
     entries = asyncio.run(chain())
     groups = [entry for entry in entries if isinstance(entry, CapgateAddons)]
     assert len(groups) == 1 and groups[0] is entries[-1]
     group = groups[0]
-    names = [child.name for child in group.children]
-    assert names == ["capgate-inflight", "capgate", "capgate-deadlines", "capgate-connections"]
+    names = [getattr(child, "name", type(child).__name__) for child in group.children]
+    assert names == [
+        "DisableH2C",  # mitmproxy's h2c refusal, first, as it was last of the stock addons
+        "capgate-inflight",
+        "capgate",
+        "capgate-deadlines",
+        "capgate-connections",
+    ]
+    # as many chain entries as mitmproxy's stock set has: core, proxyserver, next layer,
+    # the upstream-identity pin, tlsconfig, and capgate's group
+    assert len(entries) == 6
     # nothing of capgate's request path is a chain entry of its own, nor nested below one
     assert not any(isinstance(entry, CapgateAddon | InFlight) for entry in entries)
     assert not hasattr(group, "addons")
