@@ -8,6 +8,12 @@ reserve so that an authenticated agent is served while idle connections pile up.
   closes the oldest connections that never authenticated; a new connection is refused
   only when no such connection is left. Authenticated agents' connections are never
   evicted for room.
+- One client address holds at most PREAUTH_PER_ADDRESS connections that have not
+  authenticated yet (CAPGATE_MAX_PREAUTH_PER_ADDRESS): a new one beyond that closes the
+  address's oldest unauthenticated connection, so a flood from one address cannot take
+  every descriptor from the others, and a fresh connection (an agent about to send its
+  first request) is kept over an old silent one. Agents usually share 127.0.0.1 with
+  anything local, so authenticated connections are never counted or closed.
 
 `capgate proxy` raises the soft descriptor limit to the hard limit at start (runner.py).
 """
@@ -27,6 +33,8 @@ logger = logging.getLogger("capgate.connections")
 
 PREAUTH_IDLE_S = 10.0
 PREAUTH_ENV = "CAPGATE_PREAUTH_IDLE_TIMEOUT"
+PREAUTH_PER_ADDRESS = 256
+PER_ADDRESS_ENV = "CAPGATE_MAX_PREAUTH_PER_ADDRESS"
 RESERVE_FDS = 128  # descriptors kept free for authenticated agents, upstreams, stores
 SWEEP_EVERY_S = 1.0
 EVICT_BATCH = 16
@@ -46,6 +54,19 @@ def _preauth_idle() -> float:
     return value
 
 
+def _per_address() -> int:
+    raw = os.environ.get(PER_ADDRESS_ENV)
+    if raw is None:
+        return PREAUTH_PER_ADDRESS
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise ValueError(f"{PER_ADDRESS_ENV} must be a whole number from 1 to 1000000")
+    return int(raw)
+
+
+def _address(client: Any) -> str:
+    return str(client.peername[0]) if client.peername else "-"
+
+
 def open_fds(fallback: int) -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -56,9 +77,19 @@ def open_fds(fallback: int) -> int:
 class ConnectionGuard:
     name = "capgate-connections"
 
-    def __init__(self, preauth_idle: float | None = None, reserve: int = RESERVE_FDS) -> None:
+    def __init__(
+        self,
+        preauth_idle: float | None = None,
+        reserve: int = RESERVE_FDS,
+        per_address: int | None = None,
+    ) -> None:
         self.preauth_idle = preauth_idle if preauth_idle is not None else _preauth_idle()
         self.reserve = reserve
+        self.per_address = per_address if per_address is not None else _per_address()
+        # address -> ids of its connections not authenticated yet, oldest first
+        self.unauthenticated: dict[str, dict[str, Any]] = {}
+        self.evicted_per_address = 0
+        self._next_address_log = 0.0
         self.clients: dict[str, tuple[Any, float]] = {}  # id -> (client, opened); oldest first
         self.authenticated: set[str] = set()
         self.evicted = 0
@@ -89,6 +120,7 @@ class ConnectionGuard:
             )
             return
         self.clients[client.id] = (client, loop.time())
+        self._hold_for_address(client)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = loop.create_task(self._sweep())
 
@@ -96,6 +128,7 @@ class ConnectionGuard:
         self._closing.discard(client.id)
         self.clients.pop(client.id, None)
         self.authenticated.discard(client.id)
+        self._forget_for_address(client)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._note(flow)
@@ -112,7 +145,37 @@ class ConnectionGuard:
     def _note(self, flow: http.HTTPFlow) -> None:
         """After capgate's own hook: anything but a 407 means the token was good."""
         if flow.response is None or flow.response.status_code != 407:
-            self.authenticated.add(flow.client_conn.id)
+            client = flow.client_conn
+            if client.id not in self.authenticated:
+                self.authenticated.add(client.id)
+                self._forget_for_address(client)
+
+    def _hold_for_address(self, client: Any) -> None:
+        """Count a new connection against its address; beyond the cap, close the
+        address's oldest connection that has not authenticated."""
+        address = _address(client)
+        waiting = self.unauthenticated.setdefault(address, {})
+        waiting[client.id] = client
+        if len(waiting) <= self.per_address:
+            return
+        oldest = waiting.pop(next(iter(waiting)))
+        self._close(oldest, "too many unauthenticated connections from one address")
+        self.evicted_per_address += 1
+        now = time.monotonic()
+        if now >= self._next_address_log:
+            self._next_address_log = now + LOG_EVERY_S
+            logger.warning(
+                "%s holds %d unauthenticated connections (the cap): closed its oldest, %d in total",
+                address,
+                self.per_address,
+                self.evicted_per_address,
+            )
+
+    def _forget_for_address(self, client: Any) -> None:
+        address = _address(client)
+        waiting = self.unauthenticated.get(address)
+        if waiting is not None and waiting.pop(client.id, None) is not None and not waiting:
+            del self.unauthenticated[address]
 
     def _evict_for_room(self, needed: int) -> bool:
         """Close the oldest never-authenticated connections (at least `needed`, in batches

@@ -4,6 +4,7 @@ served; connections idle before authenticating are closed."""
 
 from __future__ import annotations
 
+import base64
 import resource
 import socket
 import subprocess
@@ -98,7 +99,10 @@ def test_1100_idle_connections_under_a_1024_limit_do_not_stop_an_agent(
     proxies: Proxies, tls_upstream: Upstream
 ) -> None:
     # given a proxy whose hard limit is 1,024 descriptors (nothing to raise it to)
-    proxy = start_limited(proxies, 1024, 1024, env={"CAPGATE_PREAUTH_IDLE_TIMEOUT": "600"})
+    # (the per-address cap is lifted: every client here is 127.0.0.1, and this is about
+    # the descriptor reserve)
+    env = {"CAPGATE_PREAUTH_IDLE_TIMEOUT": "600", "CAPGATE_MAX_PREAUTH_PER_ADDRESS": "100000"}
+    proxy = start_limited(proxies, 1024, 1024, env=env)
     _, token = proxies.home.workspace("researcher")
     ca = ca_of(proxies.home)
     assert get(proxy.url(token), ca, tls_upstream.url("/repos/a", host="localhost")).is_success
@@ -137,4 +141,48 @@ def test_connections_idle_before_authentication_are_closed(
     ca = ca_of(proxies.home)
     assert get(proxy.url(token), ca, tls_upstream.url("/repos/a", host="localhost")).is_success
     assert "idle 1 s without authenticating" in proxy.output()
+    assert proxy.terminate(timeout=30) == 0
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    s.settimeout(0.2)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False  # still open: nothing to read yet
+    except OSError:
+        return True
+
+
+def test_one_address_holds_at_most_its_cap_of_unauthenticated_connections(
+    proxies: Proxies, tls_upstream: Upstream
+) -> None:
+    # given a cap of 20 unauthenticated connections per client address
+    env = {"CAPGATE_PREAUTH_IDLE_TIMEOUT": "600", "CAPGATE_MAX_PREAUTH_PER_ADDRESS": "20"}
+    proxy = proxies.start(env=env)
+    _, token = proxies.home.workspace("researcher")
+    ca = ca_of(proxies.home)
+    # an agent's kept-alive, authenticated connection is never counted against the cap
+    agent = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    auth = base64.b64encode(f"agent:{token}".encode()).decode()
+    target = tls_upstream.url("/repos/a", host="localhost").split("://", 1)[1].split("/", 1)[0]
+    agent.sendall(
+        f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
+    )
+    assert agent.recv(100).startswith(b"HTTP/1.1 200")
+    # when one address opens 50 connections and sends nothing
+    silent = _open_idle(proxy.port, 50)
+    try:
+        time.sleep(1.0)
+        # then the 30 oldest are closed by the proxy and the 20 newest are kept
+        closed = [_closed_by_peer(s) for s in silent]
+        assert closed == [True] * 30 + [False] * 20, closed
+        assert not _closed_by_peer(agent)
+        # and a new agent connection is served
+        assert get(proxy.url(token), ca, tls_upstream.url("/repos/b", host="localhost")).is_success
+    finally:
+        for s in [*silent, agent]:
+            s.close()
+    assert "unauthenticated connections (the cap): closed its oldest" in proxy.output()
     assert proxy.terminate(timeout=30) == 0
