@@ -100,21 +100,21 @@ def _owners(stores: Stores) -> dict[str, Owner]:
         owners[r["durable_ref"]] = Owner(
             "secrets", r["id"], r["name"], r["org_id"], r["org"], vault.SECRET
         )
-    tables = {r[0] for r in control.query("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "oauth_states" in tables:
-        rows = control.query(
-            "SELECT s.sha256, s.org_id, o.name AS org, s.verifier_ref FROM oauth_states s"
-            " JOIN orgs o ON o.id = s.org_id WHERE s.verifier_ref IS NOT NULL"
+    # oauth_states exists in every migrated store (SQLite and PostgreSQL alike): no
+    # catalogue lookup, which was SQLite's own (`sqlite_master`).
+    rows = control.query(
+        "SELECT s.sha256, s.org_id, o.name AS org, s.verifier_ref FROM oauth_states s"
+        " JOIN orgs o ON o.id = s.org_id WHERE s.verifier_ref IS NOT NULL"
+    )
+    for r in rows:
+        owners[r["verifier_ref"]] = Owner(
+            "oauth_states",
+            r["sha256"][:12],
+            "pending consent",
+            r["org_id"],
+            r["org"],
+            vault.OAUTH_VERIFIER,
         )
-        for r in rows:
-            owners[r["verifier_ref"]] = Owner(
-                "oauth_states",
-                r["sha256"][:12],
-                "pending consent",
-                r["org_id"],
-                r["org"],
-                vault.OAUTH_VERIFIER,
-            )
     return owners
 
 

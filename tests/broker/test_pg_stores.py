@@ -306,3 +306,25 @@ def test_the_hash_chain_migration_opens_each_existing_orgs_chain(
         assert [tuple(e) for e in events] == [("log.chain_start", 1)]
     finally:
         store.close()
+
+
+def test_vault_check_finds_orphans_and_missing_entries_on_postgresql(
+    two_homes: tuple[Home, Home],
+) -> None:
+    from capgate.broker import vaultcheck
+
+    first, _ = two_homes
+    stores = Stores.open(first)
+    try:
+        org = stores.control.org_id("acme", create=True)
+        spec = CredentialSpec(name="github", provider="github_pat", kind="api_key")
+        stores.credentials.add(org, spec, SecretValue(CANARY))
+        assert vaultcheck.check(stores) == []
+        orphan = stores.vault.put(org, "secret", SecretValue("an-orphan-value-0123456789"))
+        row = stores.credentials.get(org, "github")
+        assert row.durable_ref is not None
+        stores.vault.delete(row.durable_ref)
+        found = {(f.problem, f.ref) for f in vaultcheck.check(stores)}
+        assert found == {(vaultcheck.ORPHAN, orphan), (vaultcheck.MISSING, row.durable_ref)}
+    finally:
+        stores.close()
