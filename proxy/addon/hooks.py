@@ -46,7 +46,7 @@ from .limits import BODY_LIMIT_KEY
 from .reload import CapsWatcher
 from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
 from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
-from .session import Sessions
+from .session import Sessions, StoreTimeout
 
 logger = logging.getLogger("capgate.addon")
 
@@ -60,6 +60,7 @@ BUFFER_REQUEST_MAX = 64 * 1024
 # workspace), kept on the flow.
 WEBSOCKET_GUARD = "capgate.websocket"
 INTERNAL_ERROR = "internal_error"
+STORE_TIMEOUT = "store_timeout"  # an identity or activation read outlived its deadline
 FAILED_KEY = "capgate.failed"  # a response hook raised: the answer becomes capgate's 502
 
 
@@ -138,6 +139,9 @@ class CapgateAddon:
         self.tunnels: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         # Client connections whose SNI tripped the tripwire: label, per connection.
         self.tripped: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
+        # Client connections capgate could not check (a TLS hook failed or its store read
+        # timed out): every request on them is refused with the reason.
+        self.unchecked: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         self._poller: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
@@ -188,14 +192,14 @@ class CapgateAddon:
 
     # -- identity -------------------------------------------------------------------------
 
-    def _identify(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+    async def _identify(self, flow: http.HTTPFlow, state: FlowState) -> bool:
         """Resolve the workspace (tunnel identity or this request's header); strip the header."""
         token = self.tunnels.get(flow.client_conn)
         if token is None:
             token = proxy_token(flow.request)
         drop_headers(flow.request.headers, (PROXY_AUTHORIZATION,))
         self.sessions.refresh()
-        workspace = self.sessions.workspace(token) if token else None
+        workspace = await self.sessions.load_workspace(token) if token else None
         if workspace is None:
             return False
         state.workspace = workspace
@@ -224,7 +228,12 @@ class CapgateAddon:
         )
         try:
             if not isinstance(flow, http.HTTPFlow):
-                flow.kill()  # a TCP/UDP flow: nothing capgate could check goes through
+                context = getattr(flow, "context", None)  # a TLS hook's data
+                if context is not None:
+                    self.unchecked[context.client] = INTERNAL_ERROR
+                kill = getattr(flow, "kill", None)
+                if callable(kill):
+                    kill()  # a TCP/UDP flow: nothing capgate could check goes through
                 return
             state = get_state(flow) or new_state(flow)
             state.decision, state.reason = Decision.DENY, INTERNAL_ERROR
@@ -250,7 +259,7 @@ class CapgateAddon:
     # -- hooks ----------------------------------------------------------------------------
 
     @fail_closed
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
         state = new_state(flow)
@@ -258,16 +267,22 @@ class CapgateAddon:
         token = proxy_token(flow.request)
         drop_headers(flow.request.headers, (PROXY_AUTHORIZATION,))
         self.sessions.refresh()
-        workspace = self.sessions.workspace(token) if token else None
+        try:
+            workspace = await self.sessions.load_workspace(token) if token else None
+        except StoreTimeout:
+            return self._deny(flow, state, 503, STORE_TIMEOUT)
         if workspace is None or self.watcher is None:
             return self._deny(flow, state, 407, "proxy_auth")
         state.workspace = workspace
-        label = self._leak_in_name(
-            workspace,
-            flow.request.host,
-            flow.request.authority,
-            header_fields=flow.request.headers.fields,
-        )
+        try:
+            label = await self._leak_in_name(
+                workspace,
+                flow.request.host,
+                flow.request.authority,
+                header_fields=flow.request.headers.fields,
+            )
+        except StoreTimeout:
+            return self._deny(flow, state, 503, STORE_TIMEOUT)
         if label is not None:
             logger.warning(
                 "tripwire: the CONNECT target from workspace %s carries the value of %s; blocked",
@@ -296,13 +311,16 @@ class CapgateAddon:
         # one sent after a refusal, and one without a length: HTTP/2, HTTP/3).
         flow.metadata[BODY_LIMIT_KEY] = self.body_limit
         state = new_state(flow)
-        refusal = self._admit(flow, state)
-        if refusal is not None:
-            return self._deny(flow, state, *refusal)
-        assert state.workspace is not None and state.dest is not None
-        self.watcher.poll()
-        config, version = self.watcher.config, self.watcher.version
-        state.activation = self.sessions.activation(state.workspace, config, version)
+        try:
+            refusal = await self._admit(flow, state)
+            if refusal is not None:
+                return self._deny(flow, state, *refusal)
+            assert state.workspace is not None and state.dest is not None
+            self.watcher.poll()
+            config, version = self.watcher.config, self.watcher.version
+            state.activation = await self.sessions.load_activation(state.workspace, config, version)
+        except StoreTimeout:
+            return self._deny(flow, state, 503, STORE_TIMEOUT)
         # Every value the workspace can use is scrubbed from every response of it: a value
         # stored upstream through one capability can be read back through another.
         state.guards = self.sessions.guards(state.activation)
@@ -330,17 +348,20 @@ class CapgateAddon:
         if not verdict.capability.needs_body:
             self._stream_request(flow, state)
 
-    def _admit(
+    async def _admit(
         self, flow: http.HTTPFlow, state: FlowState
     ) -> tuple[int, str] | tuple[int, str, Decision] | None:
         """Who is asking and where the request really goes, before any policy: the
         (status, reason[, decision]) to refuse with, or None with state.workspace and
         state.dest set."""
-        if not self._identify(flow, state):
+        if not await self._identify(flow, state):
             return 407, "proxy_auth"
         tripped = self.tripped.get(flow.client_conn)
         if tripped is not None:
             return 403, tripped, Decision.TRIPWIRE
+        unchecked = self.unchecked.get(flow.client_conn)
+        if unchecked is not None:
+            return 503 if unchecked == STORE_TIMEOUT else 500, unchecked
         problem = request_problem(flow.request)
         if problem is not None:
             return 400, problem
@@ -542,7 +563,7 @@ class CapgateAddon:
             if cleaned != message.content:
                 message.content = cleaned
 
-    def _leak_in_name(
+    async def _leak_in_name(
         self,
         workspace: Workspace,
         *names: str,
@@ -554,7 +575,7 @@ class CapgateAddon:
         assert self.watcher is not None
         self.watcher.poll()
         config, version = self.watcher.config, self.watcher.version
-        activation = self.sessions.activation(workspace, config, version)
+        activation = await self.sessions.load_activation(workspace, config, version)
         tripwire = self.sessions.guards(activation).tripwire
         if not tripwire:
             return None
@@ -566,7 +587,7 @@ class CapgateAddon:
         return None
 
     @fail_closed
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+    async def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """The SNI the agent sends inside a tunnel goes through the tripwire too. It never
         reaches the upstream (capgate pins the upstream's name); a hit is logged, audited,
         and every request on that connection is refused."""
@@ -575,10 +596,14 @@ class CapgateAddon:
         token = self.tunnels.get(client)
         if not sni or token is None or self.watcher is None:
             return
-        workspace = self.sessions.workspace(token)
-        if workspace is None:
+        try:
+            workspace = await self.sessions.load_workspace(token)
+            if workspace is None:
+                return
+            label = await self._leak_in_name(workspace, sni)
+        except StoreTimeout:
+            self.unchecked[client] = STORE_TIMEOUT  # the SNI went unchecked: refuse it all
             return
-        label = self._leak_in_name(workspace, sni)
         if label is None:
             return
         self.tripped[client] = label

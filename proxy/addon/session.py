@@ -9,11 +9,14 @@ checked against the clock on every request (a renewed lease is found by re-authe
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from capgate.broker.minting import run_blocking
 from capgate.broker.types import Activation, LeakPattern, Workspace
 from capgate.caps import CapsConfig
 
@@ -22,6 +25,17 @@ from .scrub import Scrubber, activation_scrub, scrubber_for
 from .tripwire import Tripwire, tripwire_for
 
 MAX_CACHED = 10_000
+# What an identity or activation read of the stores (and the vault's decryption) may take
+# before the request is refused (503, `store_timeout`); it runs in capgate's store pool,
+# never on the event loop, so a slow store delays only requests that need a read.
+STORE_DEADLINE_S = 10.0
+logger = logging.getLogger("capgate.sessions")
+
+
+class StoreTimeout(Exception):
+    """A store read for a token or an activation did not finish within its deadline."""
+
+
 # Minted OAuth access tokens remembered per org as tripwire patterns (the newest win).
 MAX_MINTED_PER_ORG = 256
 
@@ -61,6 +75,7 @@ class Sessions:
         self._minted_version: dict[str, int] = {}  # org -> moves when a new token is added
         # id(activation) -> (activation, the org's minted version, its guards)
         self._guards: dict[int, tuple[Activation, int, Guards]] = {}
+        self._loading: dict[Hashable, asyncio.Future[object]] = {}  # one read per key
 
     def refresh(self) -> None:
         """One cheap generation check per request; a move drops every cached answer."""
@@ -78,31 +93,97 @@ class Sessions:
             tripwire_for.cache_clear()
 
     def workspace(self, token: str) -> Workspace | None:
+        """The token's workspace, read on this thread when not cached (the blocking form:
+        the request path uses `load_workspace`)."""
+        found = self._cached_workspace(token)
+        if found is None:
+            found = self.broker.authenticate(token)
+            if found is not None:
+                self._remember_workspace(token, found)
+        return found
+
+    async def load_workspace(self, token: str) -> Workspace | None:
+        """The token's workspace; a cache miss is read in capgate's store pool, once per
+        token however many requests wait for it, within STORE_DEADLINE_S."""
+        found = self._cached_workspace(token)
+        if found is not None:
+            return found
+        generation = self._generation
+        result = await self._load(("token", token, generation), self.broker.authenticate, token)
+        assert result is None or isinstance(result, Workspace)
+        if result is not None and self._generation == generation:
+            self._remember_workspace(token, result)
+        return result
+
+    def _cached_workspace(self, token: str) -> Workspace | None:
         found = self._workspaces.get(token)
         if found is not None and found.expired(time.time()):
             del self._workspaces[token]  # maybe renewed since it was cached: ask again
             found = None
-        if found is None:
-            found = self.broker.authenticate(token)
-            if found is not None:  # failures are not cached: a bad token always costs a lookup
-                if len(self._workspaces) >= MAX_CACHED:
-                    self._workspaces.clear()
-                self._workspaces[token] = found
         return found
 
+    def _remember_workspace(self, token: str, workspace: Workspace) -> None:
+        # failures are not cached: a bad token always costs a lookup
+        if len(self._workspaces) >= MAX_CACHED:
+            self._workspaces.clear()
+        self._workspaces[token] = workspace
+
     def activation(self, workspace: Workspace, config: CapsConfig, version: int) -> Activation:
+        """The workspace's activation, read on this thread when not cached (the blocking
+        form: the request path uses `load_activation`)."""
         key = (workspace.id, version)
         found = self._activations.get(key)
         if found is None:
-            found = self.broker.activate(
-                workspace,
-                sorted(config.credential_names(workspace.role)),
-                sorted(config.secret_names(workspace.role)),
-            )
-            if len(self._activations) >= MAX_CACHED:
-                self._activations.clear()
-            self._activations[key] = found
+            found = self.broker.activate(workspace, *_names(config, workspace))
+            self._remember_activation(key, found)
         return found
+
+    async def load_activation(
+        self, workspace: Workspace, config: CapsConfig, version: int
+    ) -> Activation:
+        """The workspace's activation; a miss (store rows and vault decryption) is read in
+        capgate's store pool, once per key, within STORE_DEADLINE_S."""
+        key = (workspace.id, version)
+        found = self._activations.get(key)
+        if found is not None:
+            return found
+        generation = self._generation
+        names = _names(config, workspace)
+        result = await self._load(
+            ("activation", key, generation), self.broker.activate, workspace, *names
+        )
+        assert isinstance(result, Activation)
+        if self._generation == generation:  # else a change came meanwhile: not cached
+            self._remember_activation(key, result)
+        return result
+
+    def _remember_activation(self, key: tuple[str, int], activation: Activation) -> None:
+        if len(self._activations) >= MAX_CACHED:
+            self._activations.clear()
+        self._activations[key] = activation
+
+    async def _load(self, key: Hashable, read: Callable[..., object], *args: object) -> object:
+        """`read(*args)` in the store pool, shared by every request waiting for `key`."""
+        future = self._loading.get(key)
+        if future is None:
+            future = asyncio.ensure_future(run_blocking(read, *args))
+            self._loading[key] = future
+            future.add_done_callback(lambda done: self._loaded(key, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), STORE_DEADLINE_S)
+        except TimeoutError:
+            logger.error(
+                "a store read (%s) took longer than %.0f s; the request is refused",
+                key[0] if isinstance(key, tuple) else "read",
+                STORE_DEADLINE_S,
+            )
+            raise StoreTimeout from None
+
+    def _loaded(self, key: Hashable, done: asyncio.Future[object]) -> None:
+        if self._loading.get(key) is done:
+            del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter gets it; no "never retrieved" noise
 
     def note_minted(self, org_id: str, patterns: Iterable[LeakPattern]) -> None:
         """Remember minted access tokens: an agent that sends one back has seen it."""
@@ -138,3 +219,10 @@ class Sessions:
             self._guards.clear()
         self._guards[id(activation)] = (activation, version, guards)
         return guards
+
+
+def _names(config: CapsConfig, workspace: Workspace) -> tuple[list[str], list[str]]:
+    return (
+        sorted(config.credential_names(workspace.role)),
+        sorted(config.secret_names(workspace.role)),
+    )
