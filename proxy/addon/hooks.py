@@ -199,7 +199,11 @@ class CapgateAddon:
             token = proxy_token(flow.request)
         drop_headers(flow.request.headers, (PROXY_AUTHORIZATION,))
         self.sessions.refresh()
-        workspace = await self.sessions.load_workspace(token) if token else None
+        workspace = None
+        if token:  # awaited only when the cache misses
+            workspace = self.sessions.cached_workspace(token)
+            if workspace is None:
+                workspace = await self.sessions.load_workspace(token)
         if workspace is None:
             return False
         state.workspace = workspace
@@ -318,7 +322,9 @@ class CapgateAddon:
             assert state.workspace is not None and state.dest is not None
             self.watcher.poll()
             config, version = self.watcher.config, self.watcher.version
-            state.activation = await self.sessions.load_activation(state.workspace, config, version)
+            state.activation = self.sessions.cached_activation(
+                state.workspace, version
+            ) or await self.sessions.load_activation(state.workspace, config, version)
         except StoreTimeout:
             return self._deny(flow, state, 503, STORE_TIMEOUT)
         # Every value the workspace can use is scrubbed from every response of it: a value

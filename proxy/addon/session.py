@@ -102,6 +102,13 @@ class Sessions:
                 self._remember_workspace(token, found)
         return found
 
+    def cached_workspace(self, token: str) -> Workspace | None:
+        """The token's workspace if it is cached (the request path's fast path)."""
+        return self._cached_workspace(token)
+
+    def cached_activation(self, workspace: Workspace, version: int) -> Activation | None:
+        return self._activations.get((workspace.id, version))
+
     async def load_workspace(self, token: str) -> Workspace | None:
         """The token's workspace; a cache miss is read in capgate's store pool, once per
         token however many requests wait for it, within STORE_DEADLINE_S."""
