@@ -37,14 +37,19 @@ def _bytes(text: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=1024)
+def _lowered_name(name: str) -> bytes:
+    return _bytes(name.lower())
+
+
+@functools.lru_cache(maxsize=1024)
 def _lowered(names: tuple[str, ...]) -> frozenset[bytes]:
-    return frozenset(_bytes(name.lower()) for name in names)
+    return frozenset(map(_lowered_name, names))
 
 
 def header_values(headers: http.Headers, name: str) -> list[str]:
     """Every value of one header (case-insensitive), as `headers.get_all` gives them, from
     one pass over the raw fields (mitmproxy's multidict costs several calls per field)."""
-    (lowered,) = _lowered((name,))
+    lowered = _lowered_name(name)
     return [v.decode("utf-8", "surrogateescape") for k, v in headers.fields if k.lower() == lowered]
 
 
@@ -66,7 +71,7 @@ def drop_headers(headers: http.Headers, names: Iterable[str]) -> None:
 
 def set_header(headers: http.Headers, name: str, value: str) -> None:
     """Replace every value of `name` with one `value`."""
-    lowered = _bytes(name.lower())
+    lowered = _lowered_name(name)
     kept = [field for field in headers.fields if field[0].lower() != lowered]
     headers.fields = (*kept, (_bytes(name), _bytes(value)))
 

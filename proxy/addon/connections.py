@@ -115,7 +115,7 @@ class ConnectionGuard:
             client.error = "capgate: too many connections"
             logger.warning(
                 "connection from %s refused: descriptor limit reached (%d open)",
-                client.peername[0] if client.peername else "-",
+                _address(client),
                 len(self.clients),
             )
             return

@@ -20,10 +20,10 @@ from capgate.broker.types import Activation, Decision, LeakPattern, PolicyDecisi
 from capgate.caps import BodyTransform, Capability, Destination, RequestView, path_without_query
 
 from .broker_port import BrokerPort
+from .scrub import Scrubber, scrubber_for
 from .tripwire import Tripwire
 
 if TYPE_CHECKING:
-    from .scrub import Scrubber
     from .session import Guards
 
 KEY = "capgate"
@@ -61,8 +61,6 @@ class FlowState:
         and every value injected into this request."""
         if self.guards is not None:
             return self.guards.scrubber_with(self.scrub)
-        from .scrub import scrubber_for
-
         return scrubber_for(tuple(self.scrub))
 
 

@@ -29,7 +29,7 @@ from capgate.broker.types import Decision, Workspace
 from capgate.caps import CapsError, Destination, decide, decide_tunnel
 
 from . import inject
-from .apply import drop_headers, header_value, header_values
+from .apply import drop_headers, header_names, header_value, header_values
 from .broker_port import BrokerPort
 from .checks import (
     PROXY_AUTHORIZATION,
@@ -45,7 +45,7 @@ from .flowstate import FlowState, finish, get_state, new_state, printable, recor
 from .limits import BODY_LIMIT_KEY
 from .reload import CapsWatcher
 from .responses import deny_response, internal_error_response, proxy_auth_required, upstream_cause
-from .scrub import can_decode, for_mitmproxy, scrubber_for, scrubbing_stream
+from .scrub import can_decode, for_mitmproxy, scrubbing_stream
 from .session import Sessions, StoreTimeout
 
 logger = logging.getLogger("capgate.addon")
@@ -111,7 +111,8 @@ def frame_buffered_body(request: http.Request) -> None:
     """Every forwarded body is framed: a buffered HTTP/2 or HTTP/3 body without a
     Content-Length gets one (mitmproxy forwards it to an HTTP/1.1 upstream as is)."""
     headers = request.headers
-    if header_values(headers, "content-length") or header_values(headers, "transfer-encoding"):
+    present = header_names(headers)
+    if b"content-length" in present or b"transfer-encoding" in present:
         return
     content = request.raw_content
     if content or request.method.upper() in ("POST", "PUT", "PATCH"):
@@ -544,14 +545,15 @@ class CapgateAddon:
                 inject.refuse_unscrubbable(response)
             return
         if state.scrub or state.tripwire:
-            flow.metadata[WEBSOCKET_GUARD] = (tuple(state.scrub), state.tripwire, state.workspace)
+            scrubber = state.scrubber() if state.scrub else None
+            flow.metadata[WEBSOCKET_GUARD] = (scrubber, state.tripwire, state.workspace)
 
     @fail_closed
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         guard = flow.metadata.get(WEBSOCKET_GUARD)
         if guard is None or flow.websocket is None:
             return
-        patterns, tripwire, workspace = guard
+        scrubber, tripwire, workspace = guard
         message = flow.websocket.messages[-1]
         if message.from_client:
             label = tripwire.find_in_body(message.content) if tripwire else None
@@ -564,8 +566,8 @@ class CapgateAddon:
                 )
                 message.drop()
             return
-        if patterns:
-            cleaned = scrubber_for(patterns).scrub(message.content)
+        if scrubber:
+            cleaned = scrubber.scrub(message.content)
             if cleaned != message.content:
                 message.content = cleaned
 

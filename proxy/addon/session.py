@@ -95,24 +95,21 @@ class Sessions:
     def workspace(self, token: str) -> Workspace | None:
         """The token's workspace, read on this thread when not cached (the blocking form:
         the request path uses `load_workspace`)."""
-        found = self._cached_workspace(token)
+        found = self.cached_workspace(token)
         if found is None:
             found = self.broker.authenticate(token)
             if found is not None:
                 self._remember_workspace(token, found)
         return found
 
-    def cached_workspace(self, token: str) -> Workspace | None:
-        """The token's workspace if it is cached (the request path's fast path)."""
-        return self._cached_workspace(token)
-
     def cached_activation(self, workspace: Workspace, version: int) -> Activation | None:
+        """The workspace's activation if it is cached (the request path's fast path)."""
         return self._activations.get((workspace.id, version))
 
     async def load_workspace(self, token: str) -> Workspace | None:
         """The token's workspace; a cache miss is read in capgate's store pool, once per
         token however many requests wait for it, within STORE_DEADLINE_S."""
-        found = self._cached_workspace(token)
+        found = self.cached_workspace(token)
         if found is not None:
             return found
         generation = self._generation
@@ -122,7 +119,8 @@ class Sessions:
             self._remember_workspace(token, result)
         return result
 
-    def _cached_workspace(self, token: str) -> Workspace | None:
+    def cached_workspace(self, token: str) -> Workspace | None:
+        """The token's workspace if it is cached (the request path's fast path)."""
         found = self._workspaces.get(token)
         if found is not None and found.expired(time.time()):
             del self._workspaces[token]  # maybe renewed since it was cached: ask again
@@ -150,10 +148,10 @@ class Sessions:
     ) -> Activation:
         """The workspace's activation; a miss (store rows and vault decryption) is read in
         capgate's store pool, once per key, within STORE_DEADLINE_S."""
-        key = (workspace.id, version)
-        found = self._activations.get(key)
+        found = self.cached_activation(workspace, version)
         if found is not None:
             return found
+        key = (workspace.id, version)
         generation = self._generation
         names = _names(config, workspace)
         result = await self._load(

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from capgate.broker import changes, pgstore
+from capgate.broker import changes, pgstore, vaultcheck
 from capgate.broker.credential_rows import CredentialSpec
 from capgate.broker.errors import CapgateError
 from capgate.broker.home import Home, init_home
@@ -207,26 +208,32 @@ def wait(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-d
         time.sleep(0.01)
 
 
-def test_a_store_reconnects_after_the_server_ends_its_session(
-    two_homes: tuple[Home, Home],
-) -> None:
+@pytest.fixture
+def acme(two_homes: tuple[Home, Home]) -> Iterator[tuple[Home, Stores, str]]:
+    """The first home, its open stores and the id of its org `acme`."""
     first, _ = two_homes
     stores = Stores.open(first)
     try:
-        org = stores.control.org_id("acme", create=True)
-        stores.secrets.set(org, "tenant", SecretValue("t1"))
-        with psycopg.connect(first.store_url or "", autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'capgate-control' AND pid <> pg_backend_pid()"
-            )
-        time.sleep(0.2)
-        # the next read opens a new session and succeeds
-        assert [r.name for r in stores.secrets.list_secrets(org)] == ["tenant"]
-        stores.secrets.set(org, "tenant-2", SecretValue("t2"))  # and writes work again
-        assert stores.control.conn.reconnects == 1  # type: ignore[union-attr]
+        yield first, stores, stores.control.org_id("acme", create=True)
     finally:
         stores.close()
+
+
+def test_a_store_reconnects_after_the_server_ends_its_session(
+    acme: tuple[Home, Stores, str],
+) -> None:
+    first, stores, org = acme
+    stores.secrets.set(org, "tenant", SecretValue("t1"))
+    with psycopg.connect(first.store_url or "", autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'capgate-control' AND pid <> pg_backend_pid()"
+        )
+    time.sleep(0.2)
+    # the next read opens a new session and succeeds
+    assert [r.name for r in stores.secrets.list_secrets(org)] == ["tenant"]
+    stores.secrets.set(org, "tenant-2", SecretValue("t2"))  # and writes work again
+    assert stores.control.conn.reconnects == 1  # type: ignore[union-attr]
 
 
 def test_a_replica_killed_while_holding_a_credential_lock_releases_it(
@@ -309,22 +316,15 @@ def test_the_hash_chain_migration_opens_each_existing_orgs_chain(
 
 
 def test_vault_check_finds_orphans_and_missing_entries_on_postgresql(
-    two_homes: tuple[Home, Home],
+    acme: tuple[Home, Stores, str],
 ) -> None:
-    from capgate.broker import vaultcheck
-
-    first, _ = two_homes
-    stores = Stores.open(first)
-    try:
-        org = stores.control.org_id("acme", create=True)
-        spec = CredentialSpec(name="github", provider="github_pat", kind="api_key")
-        stores.credentials.add(org, spec, SecretValue(CANARY))
-        assert vaultcheck.check(stores) == []
-        orphan = stores.vault.put(org, "secret", SecretValue("an-orphan-value-0123456789"))
-        row = stores.credentials.get(org, "github")
-        assert row.durable_ref is not None
-        stores.vault.delete(row.durable_ref)
-        found = {(f.problem, f.ref) for f in vaultcheck.check(stores)}
-        assert found == {(vaultcheck.ORPHAN, orphan), (vaultcheck.MISSING, row.durable_ref)}
-    finally:
-        stores.close()
+    _, stores, org = acme
+    spec = CredentialSpec(name="github", provider="github_pat", kind="api_key")
+    stores.credentials.add(org, spec, SecretValue(CANARY))
+    assert vaultcheck.check(stores) == []
+    orphan = stores.vault.put(org, "secret", SecretValue("an-orphan-value-0123456789"))
+    row = stores.credentials.get(org, "github")
+    assert row.durable_ref is not None
+    stores.vault.delete(row.durable_ref)
+    found = {(f.problem, f.ref) for f in vaultcheck.check(stores)}
+    assert found == {(vaultcheck.ORPHAN, orphan), (vaultcheck.MISSING, row.durable_ref)}

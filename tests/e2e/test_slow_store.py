@@ -4,18 +4,20 @@ is refused with 503 `store_timeout` and a row (issue 13, class 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 import pytest
 
 from capgate.broker.types import Activation, Workspace
+from capgate.caps import parse_caps
 from capgate.proxy.addon import session
 from capgate.proxy.replay.memory_broker import MemoryBroker
 
-from .conftest import GITHUB_TOKEN, StartProxy, caps_text
+from .conftest import GITHUB_TOKEN, RunningProxy, StartProxy, caps_text
 from .upstream import Upstream
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +52,26 @@ def slow_world() -> tuple[SlowBroker, str, str]:
     return broker, slow_token, fast_token
 
 
+@pytest.fixture
+def deadline_proxy(
+    start_proxy: StartProxy,
+    slow_world: tuple[SlowBroker, str, str],
+    tls_upstream: Upstream,
+    plain_upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[float], RunningProxy]]:
+    """A proxy on the slow world whose store reads may take `seconds`; the slow
+    activation is released when the test ends."""
+    broker = slow_world[0]
+
+    def start(seconds: float) -> RunningProxy:
+        monkeypatch.setattr(session, "STORE_DEADLINE_S", seconds)
+        return start_proxy(caps_text(tls_upstream, plain_upstream), broker)
+
+    yield start
+    broker.release.set()
+
+
 def test_a_slow_activation_holds_up_no_other_workspace(
     start_proxy: StartProxy,
     slow_world: tuple[SlowBroker, str, str],
@@ -82,40 +104,31 @@ def test_a_slow_activation_holds_up_no_other_workspace(
 
 
 def test_an_activation_past_its_deadline_is_refused_with_a_row(
-    start_proxy: StartProxy,
+    deadline_proxy: Callable[[float], RunningProxy],
     slow_world: tuple[SlowBroker, str, str],
     tls_upstream: Upstream,
     plain_upstream: Upstream,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(session, "STORE_DEADLINE_S", 0.5)
     broker, slow_token, fast_token = slow_world
-    proxy = start_proxy(caps_text(tls_upstream, plain_upstream), broker)
-    try:
-        # a plain request: capgate's JSON answer
-        with proxy.client(slow_token) as client:
-            answer = client.get(plain_upstream.url("/x", host="localhost"))
-        assert answer.status_code == 503
-        assert answer.json()["reason"] == "store_timeout"
-        assert GITHUB_TOKEN not in answer.text
-        # a tunnel: refused at CONNECT (its target's tripwire needs the activation)
-        with proxy.client(slow_token) as client, pytest.raises(httpx.ProxyError, match="503"):
-            client.get(tls_upstream.url("/repos/a", host="api.test"))
-        # another workspace is served as before
-        with proxy.client(fast_token) as client:
-            assert client.get(tls_upstream.url("/repos/a", host="api.test")).status_code == 200
-    finally:
-        broker.release.set()
+    proxy = deadline_proxy(0.5)
+    # a plain request: capgate's JSON answer
+    with proxy.client(slow_token) as client:
+        answer = client.get(plain_upstream.url("/x", host="localhost"))
+    assert answer.status_code == 503
+    assert answer.json()["reason"] == "store_timeout"
+    assert GITHUB_TOKEN not in answer.text
+    # a tunnel: refused at CONNECT (its target's tripwire needs the activation)
+    with proxy.client(slow_token) as client, pytest.raises(httpx.ProxyError, match="503"):
+        client.get(tls_upstream.url("/repos/a", host="api.test"))
+    # another workspace is served as before
+    with proxy.client(fast_token) as client:
+        assert client.get(tls_upstream.url("/repos/a", host="api.test")).status_code == 200
     rows = [d for d in broker.decisions if d.reason == "store_timeout"]
     assert len(rows) == 2 and all(row.decision == "deny" for row in rows)
 
 
 def test_waiting_requests_share_one_read() -> None:
     """However many requests wait for one workspace's activation, the store is read once."""
-    import asyncio
-
-    from capgate.caps import parse_caps
-
     broker = SlowBroker()
     added, token = broker.add_workspace("r")
     config = parse_caps("version: 1\ncapabilities: []\nroles: {r: {capabilities: []}}\n")
@@ -144,19 +157,12 @@ def test_waiting_requests_share_one_read() -> None:
 
 
 def test_a_refused_request_reaches_no_upstream(
-    start_proxy: StartProxy,
+    deadline_proxy: Callable[[float], RunningProxy],
     slow_world: tuple[SlowBroker, str, str],
-    tls_upstream: Upstream,
     plain_upstream: Upstream,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(session, "STORE_DEADLINE_S", 0.3)
-    broker, slow_token, _ = slow_world
-    proxy = start_proxy(caps_text(tls_upstream, plain_upstream), broker)
+    proxy = deadline_proxy(0.3)
     path = "/never-arrives-on-a-store-timeout"
-    try:
-        with proxy.client(slow_token) as client:
-            assert client.get(plain_upstream.url(path, host="localhost")).status_code == 503
-    finally:
-        broker.release.set()
+    with proxy.client(slow_world[1]) as client:
+        assert client.get(plain_upstream.url(path, host="localhost")).status_code == 503
     assert not any(p.startswith(path) for p in plain_upstream.log.paths())
